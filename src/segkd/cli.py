@@ -1,0 +1,177 @@
+"""`segkd` command line: one subcommand per workflow step (prepare, split, train, evaluate, aggregate).
+
+Each subcommand imports its implementation lazily, so `segkd --help` stays fast and a step pays
+only for what it uses. Errors in user input (bad params, missing files) print one clear line and
+exit with status 2; they never leave partial output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_PARAMS = "params.yaml"
+
+
+def _study(args):
+    """The study from --params: a YAML file, or inline JSON (what the workflow passes)."""
+    from segkd.config import Study, load_study, validate
+
+    if args.params.lstrip().startswith("{"):
+        return Study(validate(json.loads(args.params)))
+    return load_study(args.params)
+
+
+def _section(args, name: str) -> dict:
+    """One section of the study: inline JSON from --<name>, else read from --params."""
+    inline = getattr(args, name)
+    return json.loads(inline) if inline else _study(args).params[name]
+
+
+def cmd_prepare(args) -> None:
+    from segkd import layout
+    from segkd.data.prepare import prepare
+
+    dataset = _section(args, "dataset")
+    out = Path(args.out) if args.out else layout.prepared_dir(dataset["name"])
+    prepare(dataset, out, force=args.force)
+
+
+def cmd_split(args) -> None:
+    from segkd import layout
+    from segkd.data.folds import split
+
+    name = _section(args, "dataset")["name"]
+    prepared = Path(args.prepared) if args.prepared else layout.prepared_dir(name)
+    out = Path(args.out) if args.out else layout.folds_file(name)
+    f = _section(args, "folds")
+    split(prepared, out, strategy=f["strategy"], k=f.get("k", 2), guard=f.get("guard", 2))
+
+
+def _spec_from_args(args) -> dict:
+    if args.spec:
+        text = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
+        return json.loads(text)
+    study = _study(args)
+    if args.role == "teacher":
+        return study.run_spec("teacher", teacher=args.teacher, fold=args.fold)
+    return study.run_spec("student", teacher=args.teacher, method=args.method, seed=args.seed, fold=args.fold)
+
+
+def cmd_train(args) -> None:
+    from segkd import layout
+    from segkd.engine.train import train
+
+    spec = _spec_from_args(args)
+    if args.out:
+        out = Path(args.out)
+    elif spec["role"] == "teacher":
+        out = layout.teacher_dir(spec["model"], spec["fold"])
+    else:
+        out = layout.student_dir(spec["teacher"], spec["method"], spec["seed"], spec["fold"])
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    train(spec, out)
+
+
+def cmd_evaluate(args) -> None:
+    from segkd.engine.evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, fold=args.fold, prepared=args.prepared,
+                                  folds_file=args.folds_file, device=args.device)
+    text = json.dumps(metrics, indent=2, sort_keys=True)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+def cmd_aggregate(args) -> None:
+    from segkd.report.aggregate import aggregate
+
+    aggregate(_study(args), runs=Path(args.runs), out=Path(args.out), allow_missing=args.allow_missing)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segkd", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_, desc):
+        sp = sub.add_parser(name, help=help_, description=desc)
+        sp.add_argument("--params", default=DEFAULT_PARAMS,
+                        help="study definition: YAML file or inline JSON (default: %(default)s)")
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("prepare", cmd_prepare, "decode, resize and store the dataset as compact arrays",
+             "Read the raw dataset named in params (CamVid or generated synthetic scenes), resize it to "
+             "the study resolution and write uint8 arrays plus a manifest (split, sequence, source, "
+             "checksum per item) to data/prepared/<dataset>/, so training never decodes images. "
+             "Idempotent: an up-to-date output is left alone; the output directory appears atomically.")
+    sp.add_argument("--out", help="output directory (default: data/prepared/<dataset>)")
+    sp.add_argument("--force", action="store_true", help="rebuild even if the output is up to date")
+    sp.add_argument("--dataset", help="the dataset section as inline JSON (instead of reading --params)")
+
+    sp = add("split", cmd_split, "write the train/test folds of the prepared dataset",
+             "Cut the prepared dataset into folds: 'official' (the given train+val / test split) or "
+             "'sequence-blocked' (K folds of contiguous frame blocks per sequence, with a guard gap of "
+             "dropped frames so no test frame is adjacent to a training frame). Writes "
+             "data/folds/<dataset>.json and prints per-fold image counts and class pixel shares.")
+    sp.add_argument("--prepared", help="prepared dataset directory (default: data/prepared/<dataset>)")
+    sp.add_argument("--out", help="folds file (default: data/folds/<dataset>.json)")
+    sp.add_argument("--dataset", help="the dataset section as inline JSON (instead of reading --params)")
+    sp.add_argument("--folds", help="the folds section as inline JSON (instead of reading --params)")
+
+    sp = add("train", cmd_train, "train one teacher or student run on one fold, then evaluate it",
+             "Train one model on one fold (a teacher, the no-KD baseline, or a student distilled by a "
+             "method of the study), evaluate the final model on the held-out fold, and write "
+             "checkpoint.pt and metrics.json to the run directory. A partial run resumes from its last "
+             "checkpoint. --spec takes the exact run description the workflow passes (JSON or @file).")
+    sp.add_argument("--role", choices=["teacher", "student"], default="student")
+    sp.add_argument("--teacher", help="teacher model (teacher runs: the model to train)")
+    sp.add_argument("--method", default="baseline", help="student method from params (default: baseline)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--fold", type=int, default=0)
+    sp.add_argument("--spec", help="run spec as JSON, or @path to a JSON file (overrides the options above)")
+    sp.add_argument("--out", help="run directory (default: the study layout under runs/)")
+    sp.add_argument("--threads", type=int, help="torch CPU threads (results are bit-reproducible per thread count)")
+
+    sp = add("evaluate", cmd_evaluate, "evaluate a checkpoint on a fold",
+             "Evaluate any checkpoint on the held-out part of any fold: per-class IoU, mIoU, mPA, aAcc.")
+    sp.add_argument("--checkpoint", required=True)
+    sp.add_argument("--fold", type=int, help="fold to evaluate on (default: the checkpoint's own fold)")
+    sp.add_argument("--prepared", help="prepared dataset directory (default: the checkpoint's)")
+    sp.add_argument("--folds-file", help="folds file (default: the checkpoint's)")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--out", help="also write the metrics to this JSON file")
+
+    sp = add("aggregate", cmd_aggregate, "collect every run into tables, statistics, plots and a report",
+             "Read every metrics.json of the study into results/runs.csv, then write the per-teacher "
+             "tables, per-method summaries (mean, std, 95%% t-interval), paired tests against the "
+             "baseline, plots and results/report.md.")
+    sp.add_argument("--runs", default="runs")
+    sp.add_argument("--out", default="results")
+    sp.add_argument("--allow-missing", action="store_true", help="report missing runs instead of failing")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from segkd.errors import TrainingDiverged, UserError
+
+    try:
+        args.func(args)
+    except UserError as err:
+        print(f"segkd {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"segkd {args.command}: training diverged: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The study definition (params.yaml): loaded, validated against the schema, defaults filled.
+
+One source of truth: `src/segkd/params.schema.yaml`, shipped inside the package so an installed segkd
+validates without the repository; `workflow/schemas/params.schema.yaml` links to it for Snakemake. Errors name the
+offending key, e.g. ``train.lr: -1 is less than or equal to the minimum of 0``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from segkd.errors import UserError
+
+STUDENT_ROLE, TEACHER_ROLE = "student", "teacher"
+BASELINE = "baseline"
+
+
+class ConfigError(UserError):
+    """An invalid study definition; the message names the key."""
+
+
+def _schema() -> dict:
+    return yaml.safe_load(resources.files("segkd").joinpath("params.schema.yaml").read_text())
+
+
+def _with_defaults(validator_cls):
+    """A jsonschema validator that also fills `default` values in place (as Snakemake's validate does)."""
+    validate_properties = validator_cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_cls, {"properties": set_defaults})
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<root>"
+
+
+def validate(raw: dict) -> dict:
+    """Validate a params mapping, fill defaults, and check what the schema cannot express."""
+    if not isinstance(raw, dict):
+        raise ConfigError("params: expected a mapping at the top level")
+    params = copy.deepcopy(raw)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"{_key(e.absolute_path)}: {e.message}" for e in errors]
+        raise ConfigError("invalid study parameters:\n  " + "\n  ".join(lines))
+    if params["dataset"]["name"] == "camvid" and not params["dataset"].get("root"):
+        raise ConfigError("dataset.root: required for the camvid dataset (folder in the SegNet layout)")
+    from segkd.distill.registry import check_terms  # unknown losses and options fail here, before any job
+
+    for method, terms in params["methods"].items():
+        check_terms(terms, where=f"methods.{method}")
+    return params
+
+
+def load_study(path: str | Path) -> "Study":
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    return Study(validate(raw), source=path)
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study; `params` is the plain dict (defaults filled), the rest are views on it."""
+
+    params: dict
+    source: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.params["study"]
+
+    @property
+    def dataset(self) -> dict:
+        return self.params["dataset"]
+
+    @property
+    def student(self) -> str:
+        return self.params["models"]["student"]
+
+    @property
+    def teachers(self) -> list[str]:
+        return list(self.params["models"]["teachers"])
+
+    @property
+    def methods(self) -> dict[str, dict]:
+        return self.params["methods"]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.params["seeds"])
+
+    @property
+    def folds(self) -> list[int]:
+        f = self.params["folds"]
+        return [0] if f["strategy"] == "official" else list(range(f["k"]))
+
+    def run_spec(self, role: str, *, fold: int, teacher: str | None = None, method: str | None = None,
+                 seed: int | None = None) -> dict[str, Any]:
+        """Everything one training job needs, as plain JSON (what Snakemake passes and tracks)."""
+        from segkd import layout
+
+        ds = self.dataset
+        train = {k: v for k, v in self.params["train"].items() if k != "iterations"}
+        if role == TEACHER_ROLE:
+            if teacher not in self.teachers:
+                raise ConfigError(f"models.teachers: {teacher!r} is not a teacher of this study")
+            model, seed, method, terms = teacher, self.params["teacher_seed"], None, {}
+            iterations = self.params["train"]["iterations"]["teacher"]
+            teacher_ckpt = None
+        elif role == STUDENT_ROLE:
+            model = self.student
+            iterations = self.params["train"]["iterations"]["student"]
+            if method == BASELINE:
+                teacher, terms, teacher_ckpt = None, {}, None
+            else:
+                if method not in self.methods:
+                    raise ConfigError(f"methods: no method named {method!r}")
+                if teacher not in self.teachers:
+                    raise ConfigError(f"models.teachers: {teacher!r} is not a teacher of this study")
+                terms = self.methods[method]
+                teacher_ckpt = str(layout.teacher_dir(teacher, fold) / "checkpoint.pt")
+            if seed is None:
+                raise ConfigError("seed: a student run needs a seed")
+        else:
+            raise ConfigError(f"role: expected 'teacher' or 'student', got {role!r}")
+        return {
+            "study": self.name,
+            "role": role,
+            "model": model,
+            "teacher": teacher,
+            "teacher_checkpoint": teacher_ckpt,
+            "method": method,
+            "terms": terms,
+            "seed": int(seed),
+            "fold": int(fold),
+            "dataset": {"name": ds["name"], "height": ds["height"], "width": ds["width"]},
+            "prepared": str(layout.prepared_dir(ds["name"])),
+            "folds_file": str(layout.folds_file(ds["name"])),
+            "pretrained": self.params["models"]["pretrained"].get(model),
+            "iterations": iterations,
+            "train": train,
+            "tracking_uri": self.params["tracking"]["uri"],
+            "tracking": {"enabled": self.params["tracking"]["enabled"]},
+        }
+
+
+def spec_json(spec: dict) -> str:
+    """Canonical JSON of a run spec (sorted keys), so equal specs compare equal as strings."""
+    return json.dumps(spec, sort_keys=True)

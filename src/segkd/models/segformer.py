@@ -1,0 +1,172 @@
+"""SegFormer as the study uses it: timm's pvt_v2 encoder configured as MiT, and the all-MLP decoder.
+
+One forward pass returns every tap a distillation method may read (`SegOutput`): the logits, the four
+encoder stage maps and the decoder feature. The taps are references to tensors the pass computes anyway,
+so a method that ignores them costs nothing.
+
+Fidelity to NVlabs' MiT (mmseg/models/backbones/mix_transformer.py), checked in tests/test_models.py:
+- pvt_v2 differs from MiT only in its MLP ratios (8, 8, 4, 4 for b0-b4); MiT uses 4 everywhere, set here.
+- LayerNorm eps: block norms and stage norms 1e-6 (timm's LayerNorm default, MiT's norm_layer); the
+  patch-embedding and spatial-reduction norms 1e-5 (plain nn.LayerNorm in both). Identical to MiT.
+  Hugging Face's port uses 1e-5 for all of them (its config's layer_norm_eps is unused); imported HF
+  weights run with MiT's eps here, a difference of about 1e-6 in the logits.
+- Drop path: linear from 0 to `drop_path_rate` over all blocks of all stages (timm splits that one
+  schedule by stage), as MiT and HF. qkv bias on, as MiT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from segkd.errors import UserError
+
+
+@dataclass(frozen=True)
+class Variant:
+    encoder: str  # timm model name
+    stage_dims: tuple[int, int, int, int]
+    depths: tuple[int, int, int, int]
+    decoder_dim: int  # E, the width of the all-MLP decoder
+
+
+_WIDE = (64, 128, 320, 512)
+VARIANTS: dict[str, Variant] = {
+    "segformer_b0": Variant("pvt_v2_b0", (32, 64, 160, 256), (2, 2, 2, 2), 256),
+    "segformer_b1": Variant("pvt_v2_b1", _WIDE, (2, 2, 2, 2), 256),
+    "segformer_b2": Variant("pvt_v2_b2", _WIDE, (3, 4, 6, 3), 768),
+    "segformer_b3": Variant("pvt_v2_b3", _WIDE, (3, 4, 18, 3), 768),
+    "segformer_b4": Variant("pvt_v2_b4", _WIDE, (3, 8, 27, 3), 768),
+    "segformer_b5": Variant("pvt_v2_b5", _WIDE, (3, 6, 40, 3), 768),
+}
+MIT_MLP_RATIOS = (4, 4, 4, 4)
+
+
+class SegOutput(NamedTuple):
+    """What one forward pass exposes to training, evaluation and distillation."""
+
+    logits: Tensor  # (B, num_classes, H/4, W/4)
+    stages: list[Tensor]  # encoder maps (B, C_i, H/4, H/8, H/16, H/32 ...), after each stage's norm
+    decoder: Tensor  # (B, E, H/4, W/4): after linear_fuse (conv + BN + ReLU), before dropout
+
+
+class LinearFuse(nn.Module):
+    """mmcv's ConvModule as SegFormer uses it: 1x1 conv without bias, BatchNorm, ReLU (same names)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size=1, bias=False)
+        self.bn = nn.BatchNorm2d(out_dim)
+
+
+class AllMLPHead(nn.Module):
+    """SegFormer's decoder: per-stage linear projection to E, bilinear upsampling to 1/4 resolution,
+    concatenation [c4, c3, c2, c1], linear_fuse, Dropout2d, linear_pred.
+
+    Projection, upsampling and the fuse conv are all linear, so the fuse conv's E-wide column block for
+    stage i is folded into that stage's projection (W_fuse,i @ W_c,i, a (E, C_i) matrix computed from
+    the parameters every pass). The pass then never materialises the 4E-channel concatenation nor runs
+    the 4E -> E conv at 1/4 resolution, which dominates the cost of the reference head for E=768. The
+    function, parameters and gradients are those of the reference head (up to float rounding); the
+    Hugging Face parity test checks the logits, and a reference head in the tests checks the decoder
+    feature. Projections run as matmuls on channels-last views of the stage maps (no copies).
+    """
+
+    def __init__(self, stage_dims: tuple[int, ...], decoder_dim: int, num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.decoder_dim = decoder_dim
+        self.linear_c1, self.linear_c2, self.linear_c3, self.linear_c4 = (
+            nn.Linear(dim, decoder_dim) for dim in stage_dims)
+        self.linear_fuse = LinearFuse(len(stage_dims) * decoder_dim, decoder_dim)
+        self.dropout = nn.Dropout2d(dropout)
+        self.linear_pred = nn.Conv2d(decoder_dim, num_classes, kernel_size=1)
+
+    @property
+    def projections(self) -> list[nn.Linear]:
+        return [self.linear_c1, self.linear_c2, self.linear_c3, self.linear_c4]
+
+    def folded_projections(self) -> tuple[list[Tensor], Tensor]:
+        """linear_fuse.conv composed with each linear_c: per-stage weights (E, C_i) and one bias (E,)."""
+        fuse = self.linear_fuse.conv.weight.flatten(1)  # (E, 4E), input columns ordered c4, c3, c2, c1
+        blocks = fuse.split(self.decoder_dim, dim=1)[::-1]  # -> c1, c2, c3, c4
+        weights = [block @ proj.weight for block, proj in zip(blocks, self.projections)]
+        bias = sum(block @ proj.bias for block, proj in zip(blocks, self.projections))
+        return weights, bias
+
+    def forward(self, stages: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Return (decoder feature, logits) for the four stage maps."""
+        weights, bias = self.folded_projections()
+        size = stages[0].shape[-2:]
+        fused = None
+        for i, (stage, weight) in enumerate(zip(stages, weights)):
+            # (B, C, h, w) viewed as (B, h, w, C) -> (B, h, w, E), returned as an NCHW view of it
+            y = F.linear(stage.permute(0, 2, 3, 1), weight, bias if i == 0 else None).permute(0, 3, 1, 2)
+            if y.shape[-2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            fused = y if fused is None else fused + y
+        decoder = F.relu(self.linear_fuse.bn(fused))
+        pred = self.linear_pred
+        logits = F.linear(self.dropout(decoder).permute(0, 2, 3, 1), pred.weight.flatten(1), pred.bias)
+        return decoder, logits.permute(0, 3, 1, 2)
+
+
+class SegFormer(nn.Module):
+    """MiT encoder (timm pvt_v2, parameters under `encoder.`) + all-MLP head (under `decode_head.`)."""
+
+    def __init__(self, name: str, num_classes: int, drop_path_rate: float = 0.0):
+        super().__init__()
+        variant = VARIANTS[name]
+        self.name, self.variant, self.num_classes = name, variant, num_classes
+        self.encoder = timm.create_model(variant.encoder, pretrained=False, num_classes=0,
+                                         mlp_ratios=MIT_MLP_RATIOS, drop_path_rate=drop_path_rate)
+        self.decode_head = AllMLPHead(variant.stage_dims, variant.decoder_dim, num_classes)
+
+    @property
+    def feature_dims(self) -> dict:
+        return {"stages": list(self.variant.stage_dims), "decoder": self.variant.decoder_dim,
+                "logits": self.num_classes}
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """The four encoder stage maps, as NCHW views of channels-last memory.
+
+        timm's stage forward ends with a contiguous NCHW copy; this loop runs the same modules but
+        keeps the (B, H, W, C) token layout, which the next patch embedding and the head read as is.
+        """
+        x = self.encoder.patch_embed(x)  # (B, H, W, C)
+        stages = []
+        for stage in self.encoder.stages:
+            if stage.downsample is not None:
+                x = stage.downsample(x)  # NCHW in, (B, H, W, C) out
+            batch, height, width, channels = x.shape
+            tokens = x.reshape(batch, height * width, channels)
+            for block in stage.blocks:
+                tokens = block(tokens, (height, width))
+            tokens = stage.norm(tokens)
+            x = tokens.view(batch, height, width, channels).permute(0, 3, 1, 2)
+            stages.append(x)
+        return stages
+
+    def forward(self, x: Tensor) -> SegOutput:
+        stages = self.forward_stages(x)
+        decoder, logits = self.decode_head(stages)
+        return SegOutput(logits=logits, stages=stages, decoder=decoder)
+
+
+def create_model(name: str, num_classes: int = 11, drop_path_rate: float = 0.0,
+                 pretrained: str | None = None) -> SegFormer:
+    """Build `segformer_b0` ... `segformer_b5`; `pretrained` is a local checkpoint file (see weights.py)."""
+    if name not in VARIANTS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
+    if num_classes < 1:
+        raise UserError(f"num_classes must be >= 1, got {num_classes}")
+    model = SegFormer(name, num_classes, drop_path_rate)
+    if pretrained:
+        from segkd.models.weights import load_pretrained
+
+        load_pretrained(model, pretrained)
+    return model

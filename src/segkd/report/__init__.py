@@ -1,0 +1,4 @@
+"""From finished runs to the study's results: the tidy runs table, statistics, plots and report.md.
+
+`segkd.report.aggregate.aggregate(study, runs=..., out=...)` is the entry point (`segkd aggregate`).
+"""

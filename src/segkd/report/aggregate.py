@@ -1,0 +1,230 @@
+"""`segkd aggregate`: every metrics.json of the study -> tables, statistics, plots and report.md.
+
+The expected runs come from the study, not from what happens to lie on disk, so a forgotten or
+failed run is an error that names it (or, with allow_missing, a list in the report) rather than a
+silently smaller sample. Outputs are written to a temporary directory first and then moved into
+place, and they are byte-identical when the inputs are: DVC and Snakemake see no spurious change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from segkd import layout
+from segkd.classes import CLASS_NAMES
+from segkd.config import BASELINE, STUDENT_ROLE, TEACHER_ROLE, Study
+from segkd.errors import UserError
+from segkd.report import markdown, plots, stats
+
+SHOWN_MISSING = 5  # missing runs named in the error message; the rest are counted
+PLOTS = "plots"  # the figures' folder inside `out` (a DVC output of its own)
+FIGURES = {"miou": f"{PLOTS}/miou.png", "class_deltas": f"{PLOTS}/class_deltas.png", "loss": f"{PLOTS}/loss.png"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One expected run: who trained it, and where its metrics.json lies below the runs directory."""
+
+    role: str
+    teacher: str  # "none" for the baseline
+    method: str  # "" for a teacher run
+    model: str
+    seed: int
+    fold: int
+    run_dir: Path
+
+    def claims(self) -> dict:
+        """What the run's own metrics.json must say about itself (keys it has are checked)."""
+        if self.role == TEACHER_ROLE:
+            return {"role": TEACHER_ROLE, "model": self.model, "fold": self.fold}
+        teacher = None if self.teacher == stats.NO_TEACHER else self.teacher
+        return {"role": STUDENT_ROLE, "teacher": teacher, "method": self.method, "seed": self.seed,
+                "fold": self.fold}
+
+
+def expected_runs(study: Study) -> list[Run]:
+    """Teachers x folds; baseline x seeds x folds; each teacher x method x seed x fold (study order)."""
+    runs = [Run(TEACHER_ROLE, t, "", t, study.params["teacher_seed"], f, layout.teacher_dir(t, f))
+            for t in study.teachers for f in study.folds]
+    runs += [Run(STUDENT_ROLE, stats.NO_TEACHER, BASELINE, study.student, s, f,
+                 layout.student_dir(None, BASELINE, s, f)) for s in study.seeds for f in study.folds]
+    runs += [Run(STUDENT_ROLE, t, m, study.student, s, f, layout.student_dir(t, m, s, f))
+             for t in study.teachers for m in study.methods for s in study.seeds for f in study.folds]
+    return runs
+
+
+def _number(value, path: Path, key: str) -> float:
+    if value is None:
+        return math.nan  # the class is absent from prediction and ground truth
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{path}: {key}: expected a number, got {value!r}")
+    return float(value)
+
+
+def read_metrics(path: Path, run: Run) -> tuple[dict, list[dict]]:
+    """One metrics.json -> (its row of the runs table in percent, its loss history)."""
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: unreadable metrics file ({err})") from err
+    if not isinstance(metrics, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    for key in ("iou", "mIoU", "mPA", "aAcc"):
+        if key not in metrics:
+            raise UserError(f"{path}: missing key {key!r}")
+    for key, expected in run.claims().items():
+        if key in metrics and metrics[key] != expected:
+            raise UserError(f"{path}: says {key}={metrics[key]!r}, but this is the run of {key}={expected!r}")
+    iou = metrics["iou"]
+    absent = [c for c in CLASS_NAMES if not isinstance(iou, dict) or c not in iou]
+    if absent:
+        raise UserError(f"{path}: iou: missing classes {', '.join(absent)}")
+    row = {"role": run.role, "teacher": run.teacher, "method": run.method, "model": run.model,
+           "seed": run.seed, "fold": run.fold}
+    row.update({f"IoU_{c}": 100 * _number(iou[c], path, f"iou.{c}") for c in CLASS_NAMES})
+    row.update({k: 100 * _number(metrics[k], path, k) for k in stats.METRICS})
+    for key in ("wall_time_s", "images_per_s", "iterations"):
+        row[key] = _number(metrics.get(key), path, key)
+    row["run_dir"] = run.run_dir.as_posix()
+    history = metrics.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise UserError(f"{path}: history: expected a list of objects")
+    losses = [{"teacher": run.teacher, "method": run.method, "role": run.role, "seed": run.seed,
+               "fold": run.fold, "iteration": int(_number(h.get("iteration"), path, "history.iteration")),
+               "loss": _number(h["loss"], path, "history.loss")} for h in history if "loss" in h]
+    return row, losses
+
+
+def load_runs(study: Study, runs: Path, allow_missing: bool = False):
+    """The tidy runs table, the loss histories, and the expected runs that are missing.
+
+    A missing run is an error unless allow_missing; an unreadable one always is (a corrupt result
+    must not pass as an absent one).
+    """
+    rows, losses, missing = [], [], []
+    for run in expected_runs(study):
+        path = runs / run.run_dir.relative_to(layout.RUNS) / "metrics.json"
+        if not path.is_file():
+            missing.append(path)
+            continue
+        row, history = read_metrics(path, run)
+        rows.append(row)
+        losses += history
+    if missing and not allow_missing:
+        shown = ", ".join(str(p) for p in missing[:SHOWN_MISSING])
+        more = f" and {len(missing) - SHOWN_MISSING} more" if len(missing) > SHOWN_MISSING else ""
+        raise UserError(f"{len(missing)} of {len(expected_runs(study))} runs missing: {shown}{more} "
+                        f"(run them, or pass --allow-missing to report without them)")
+    if not rows:
+        raise UserError(f"{runs}: none of the study's {len(missing)} runs has a metrics.json")
+    history = pd.DataFrame(losses, columns=["teacher", "method", "role", "seed", "fold", "iteration", "loss"])
+    table = pd.DataFrame(rows)
+    table["iterations"] = table["iterations"].astype("Int64")
+    return table, history, missing
+
+
+def _write_csv(table: pd.DataFrame, path: Path, default: str, formats: dict[str, str] | None = None) -> None:
+    """CSV with a fixed format per float column (NaN as empty), so re-runs are byte-identical."""
+    table = table.copy()
+    for col in table.columns:
+        if pd.api.types.is_float_dtype(table[col]):
+            spec = (formats or {}).get(col, default)
+            table[col] = table[col].map(lambda v, spec=spec: "" if pd.isna(v) else format(v, spec))
+    table.to_csv(path, index=False, lineterminator="\n", encoding="utf-8")
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def _summary_json(summary: pd.DataFrame, tests: pd.DataFrame) -> dict:
+    """The DVC metrics file: {teacher: {method: {...}}, "baseline": {...}} in percent; NaN -> null."""
+    def num(v, places=4):
+        return None if pd.isna(v) else round(float(v), places)
+
+    def p(v):
+        return None if pd.isna(v) else float(f"{v:.4g}")
+
+    def entry(r):
+        return {"n_seeds": int(r.n_seeds), "mIoU_mean": num(r.mIoU_mean), "mIoU_std": num(r.mIoU_std),
+                "ci_low": num(r.ci_low), "ci_high": num(r.ci_high)}
+
+    out: dict = {}
+    tested = {(r.teacher, r.method): r for r in tests.itertuples()}
+    for r in summary.itertuples():
+        if r.method == BASELINE:
+            out[BASELINE] = entry(r)
+            continue
+        e = entry(r)
+        t = tested.get((r.teacher, r.method))
+        if t is not None:
+            e.update({"delta_vs_baseline": num(t.delta), "delta_ci_low": num(t.ci_low),
+                      "delta_ci_high": num(t.ci_high), "p_holm": p(t.p_t_holm),
+                      "p_wilcoxon_holm": p(t.p_wilcoxon_holm)})
+        out.setdefault(r.teacher, {})[r.method] = e
+    return out
+
+
+def _log_to_mlflow(study: Study, paths: list[Path]) -> None:
+    """Attach the report to the study's MLflow experiment (the tracking module owns MLflow)."""
+    from segkd.tracking import log_study_artifacts
+
+    log_study_artifacts(study.name, paths, uri=study.params.get("tracking", {}).get("uri"))
+
+
+def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS, *,
+              allow_missing: bool = False, log_to_mlflow: bool = True) -> dict[str, Path]:
+    """Write runs.csv, per_class_{teacher}.md/.csv, summary.md/.csv/.json, paired_tests.csv,
+    class_deltas.csv, plots/*.png and report.md into `out`; returns {path relative to out: path}."""
+    runs, out = Path(runs), Path(out)
+    table, history, missing = load_runs(study, runs, allow_missing)
+    summary = stats.seed_summary(table)  # study order: the baseline, then each teacher's methods
+    tests = stats.paired_tests(table)
+    deltas = stats.class_deltas(table)
+    per_class = {t: stats.per_class_table(table, t, study.student) for t in study.teachers}
+    curves = stats.loss_curves(history[history["role"] == STUDENT_ROLE])
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        _write_csv(table, tmp / "runs.csv", ".4f", {"wall_time_s": ".1f", "images_per_s": ".2f"})
+        for teacher, t in per_class.items():
+            _write_csv(t, tmp / f"per_class_{teacher}.csv", ".2f")
+            _write_text(tmp / f"per_class_{teacher}.md", markdown.per_class(t, teacher))
+        _write_csv(summary, tmp / "summary.csv", ".3f", {"mIoU_std": ".4f"})
+        _write_text(tmp / "summary.md", markdown.summary(summary))
+        _write_text(tmp / "summary.json", json.dumps(_summary_json(summary, tests), indent=2, sort_keys=True) + "\n")
+        p_values = {p: ".4g" for p in tests.columns if p.startswith("p_")}
+        _write_csv(tests, tmp / "paired_tests.csv", ".3f", p_values)
+        _write_csv(deltas, tmp / "class_deltas.csv", ".2f")
+        (tmp / PLOTS).mkdir()
+        seeds = stats.students(stats.fold_means(table))
+        drawn = {"miou": plots.miou(summary, seeds, path=tmp / FIGURES["miou"]),
+                 "class_deltas": plots.class_deltas(deltas, path=tmp / FIGURES["class_deltas"]),
+                 "loss": plots.loss_curves(curves, path=tmp / FIGURES["loss"])}
+        report = markdown.report(study, table, summary, tests, deltas, per_class,
+                                 {k: FIGURES[k] for k, p in drawn.items() if p is not None},
+                                 missing=[p.as_posix() for p in missing], expected=len(expected_runs(study)))
+        _write_text(tmp / "report.md", report)
+        (out / PLOTS).mkdir(parents=True, exist_ok=True)
+        written = {}
+        for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            name = f.relative_to(tmp).as_posix()
+            os.replace(f, out / name)
+            written[name] = out / name
+        for name in FIGURES.values():  # a figure this run could not draw must not survive from an earlier one
+            if name not in written:
+                (out / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if log_to_mlflow:
+        _log_to_mlflow(study, list(written.values()))
+    return written

@@ -1,0 +1,135 @@
+"""Markdown of the report: pipe tables with fixed decimals, and the findings said in words."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from segkd.report.stats import ALPHA, NO_TEACHER
+
+
+def table(df: pd.DataFrame, formats: dict[str, str] | None = None, default: str = "{:.2f}") -> str:
+    """A GitHub pipe table; floats use `formats[column]` (or `default`), NaN prints as an en dash."""
+    formats = formats or {}
+
+    def cell(column, value):
+        if isinstance(value, (float, np.floating)):
+            return "–" if np.isnan(value) else formats.get(column, default).format(value)
+        return str(value).replace("|", "\\|")
+
+    numeric = [pd.api.types.is_numeric_dtype(df[c]) for c in df.columns]
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
+    lines += ["| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row)) + " |"
+              for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def p_value(p: float) -> str:
+    return "–" if pd.isna(p) else ("<0.0001" if p < 1e-4 else f"{p:.4f}")
+
+
+def _interval(lo: float, hi: float, places: int) -> str:
+    return "–" if pd.isna(lo) else f"[{lo:.{places}f}, {hi:.{places}f}]"
+
+
+def _teacher(name: str) -> str:
+    return "none (no KD)" if name == NO_TEACHER else name
+
+
+def per_class(t: pd.DataFrame, teacher: str) -> str:
+    return (f"### Per-class IoU (%), teacher {teacher}\n\n"
+            "Fold averages; the baseline row is the mean over its seeds.\n\n" + table(t))
+
+
+def summary(s: pd.DataFrame) -> str:
+    shown = pd.DataFrame({
+        "teacher": s["teacher"].map(_teacher), "method": s["method"], "seeds": s["n_seeds"],
+        "mIoU mean": s["mIoU_mean"], "std": s["mIoU_std"],
+        "95% t-interval": [_interval(lo, hi, 3) for lo, hi in zip(s["ci_low"], s["ci_high"])]})
+    return ("### mIoU (%) per method\n\nMean over seeds of each seed's fold average; std with n-1; "
+            "95% t-interval of the mean.\n\n" + table(shown, {"std": "{:.4f}"}, "{:.3f}"))
+
+
+def tests_table(tests: pd.DataFrame) -> str:
+    shown = pd.DataFrame({
+        "teacher": tests["teacher"], "method": tests["method"], "pairs": tests["n_pairs"],
+        "Δ mIoU": tests["delta"],
+        "95% CI of Δ": [_interval(lo, hi, 3) for lo, hi in zip(tests["ci_low"], tests["ci_high"])],
+        "t": tests["t"], "p (t)": tests["p_t"].map(p_value), "p Holm (t)": tests["p_t_holm"].map(p_value),
+        "p (Wilcoxon)": tests["p_wilcoxon"].map(p_value),
+        "p Holm (Wilcoxon)": tests["p_wilcoxon_holm"].map(p_value)})
+    return table(shown, default="{:+.3f}")
+
+
+def findings(tests: pd.DataFrame) -> list[str]:
+    """Which methods differ from the baseline at the 5% level (Holm-adjusted paired t-test), which way."""
+    lines = []
+    for teacher, group in tests.groupby("teacher", sort=False):
+        verdicts = {"higher than the baseline": [], "lower than the baseline": [],
+                    "no significant difference": [], "not testable": []}
+        for r in group.itertuples():
+            if pd.isna(r.p_t_holm):
+                verdicts["not testable"].append(f"{r.method} ({r.note})")
+            elif r.p_t_holm < ALPHA:
+                key = "higher than the baseline" if r.delta > 0 else "lower than the baseline"
+                verdicts[key].append(f"{r.method} ({r.delta:+.2f} points, p Holm {p_value(r.p_t_holm)})")
+            else:
+                verdicts["no significant difference"].append(
+                    f"{r.method} ({r.delta:+.2f} points, p Holm {p_value(r.p_t_holm)})")
+        said = "; ".join(f"{k}: {', '.join(v)}" for k, v in verdicts.items() if v)
+        lines.append(f"- **Teacher {teacher}** — {said}.")
+    return lines
+
+
+def _wilcoxon_floor(tests: pd.DataFrame) -> str:
+    """The smallest p the exact signed-rank test can reach, so a large p is not read as no effect."""
+    sizes = sorted({int(n) for n in tests["n_pairs"] if n >= 2})
+    if not sizes:
+        return ""
+    m = int(tests.groupby("teacher")["method"].count().max())
+    floors = ", ".join(f"n={n}: {2 / 2 ** n:.5g}, Holm-adjusted {min(1, m * 2 / 2 ** n):.5g}" for n in sizes)
+    return (f"With n pairs, the exact two-sided Wilcoxon signed-rank test cannot give p below 2/2^n, and "
+            f"after Holm over {m} method(s) not below {m} times that ({floors}); a Wilcoxon p above "
+            f"{ALPHA} may therefore say more about the number of pairs than about the effect.")
+
+
+def report(study, runs: pd.DataFrame, s: pd.DataFrame, tests: pd.DataFrame, deltas: pd.DataFrame,
+           per_class_tables: dict[str, pd.DataFrame], figures: dict[str, str], missing: list[str],
+           expected: int) -> str:
+    """results/report.md: findings first, then the tables and figures that support them."""
+    out = [f"# Study {study.name}: distilling {', '.join(study.teachers)} into {study.student}\n",
+           f"{len(runs)} of {expected} expected runs; seeds {study.seeds}, folds {study.folds}; "
+           f"methods compared with the no-KD baseline: {', '.join(study.methods)}. "
+           "All IoU and accuracy values are percent; differences are in percentage points.\n"]
+    if missing:
+        one = len(missing) == 1
+        out += [f"**{len(missing)} expected run{'' if one else 's'} {'is' if one else 'are'} missing; every "
+                f"number below is computed without {'it' if one else 'them'}:**\n",
+                *[f"- `{p}`" for p in missing], ""]
+    out += ["## Findings\n",
+            "Each method against the baseline, paired by seed and fold, mIoU; significance is the paired "
+            f"t-test at the {ALPHA:.0%} level, Holm-adjusted across the methods of each teacher.\n"]
+    out += findings(tests) if len(tests) else ["No method could be compared with the baseline."]
+    out += ["", "## mIoU per method\n"]
+    if "miou" in figures:
+        out.append(f"![mIoU per method, with the baseline band]({figures['miou']})\n")
+    out += [summary(s), "## Paired comparisons with the baseline\n",
+            "Δ = method minus baseline mIoU (points), mean over (seed, fold) pairs, with its 95% t-interval; "
+            "paired t-test and Wilcoxon signed-rank test, each Holm-adjusted across the methods of a "
+            "teacher. " + _wilcoxon_floor(tests) + "\n", tests_table(tests)]
+    out.append("## Per-class IoU differences from the baseline\n")
+    if "class_deltas" in figures:
+        out.append(f"![Per-class IoU deltas]({figures['class_deltas']})\n")
+    out.append(table(deltas, default="{:+.2f}"))
+    out.append("## Per-class tables\n")
+    out += [per_class(t, teacher) for teacher, t in per_class_tables.items()]
+    if "loss" in figures:
+        out += ["## Training loss\n", "Student runs; the loss is the task loss plus the weighted "
+                "distillation terms, so levels differ between methods by construction.\n",
+                f"![Training loss per method]({figures['loss']})\n"]
+    notes = [f"- {_teacher(r.teacher)} / {r.method}: {r.note}" for r in s.itertuples() if r.note]
+    notes += [f"- {r.teacher} / {r.method} vs baseline: {r.note}" for r in tests.itertuples() if r.note]
+    if notes:
+        out += ["## Notes\n", *notes, ""]
+    return "\n".join(out).rstrip("\n") + "\n"

@@ -1,0 +1,168 @@
+"""SegFormer model: sizes, taps, fidelity to NVlabs' MiT, the folded head, channels_last and bf16."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from segkd.errors import UserError
+from segkd.models import SegOutput, create_model
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def b0():
+    torch.manual_seed(0)
+    return create_model("segformer_b0", num_classes=11)
+
+
+def _randomise_norms(model):
+    """Give norms non-default statistics and affine params so that mix-ups in them show."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
+                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=gen))
+                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=gen))
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=gen))
+                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=gen))
+
+
+@pytest.mark.parametrize("name, millions", [("segformer_b0", 3.717), ("segformer_b2", 27.355),
+                                            ("segformer_b4", 64.001)])
+def test_parameter_count_matches_segformer(name, millions):
+    model = create_model(name, num_classes=11)
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - millions) <= 0.01
+
+
+def test_output_taps_shapes_and_feature_dims(b0):
+    b0.eval()
+    with torch.no_grad():
+        out = b0(torch.randn(2, 3, 64, 96))
+    assert isinstance(out, SegOutput)
+    assert b0.feature_dims == {"stages": [32, 64, 160, 256], "decoder": 256, "logits": 11}
+    assert out.logits.shape == (2, 11, 16, 24)
+    assert out.decoder.shape == (2, 256, 16, 24)
+    assert [tuple(s.shape) for s in out.stages] == [(2, 32, 16, 24), (2, 64, 8, 12), (2, 160, 4, 6), (2, 256, 2, 3)]
+    assert (out.decoder >= 0).all()  # after ReLU: the decoder tap is taken after linear_fuse
+
+
+def test_wide_variant_dims_and_parameter_prefixes():
+    model = create_model("segformer_b1", num_classes=5)
+    assert model.feature_dims == {"stages": [64, 128, 320, 512], "decoder": 256, "logits": 5}
+    assert create_model("segformer_b2").feature_dims["decoder"] == 768
+    names = [n for n, _ in model.named_parameters()]
+    assert all(n.startswith(("encoder.", "decode_head.")) for n in names)
+    assert any(n.startswith("decode_head.linear_c4.") for n in names)
+    assert model.decode_head.linear_fuse.conv.bias is None
+
+
+def test_mit_layernorm_eps_and_mlp_ratio(b0):
+    eps = {name: m.eps for name, m in b0.encoder.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    # MiT: blocks and stage outputs use LayerNorm(eps=1e-6); patch embeddings and the spatial-reduction norm 1e-5
+    assert eps["stages.0.blocks.0.norm1"] == eps["stages.3.blocks.1.norm2"] == eps["stages.2.norm"] == 1e-6
+    assert eps["patch_embed.norm"] == eps["stages.1.downsample.norm"] == eps["stages.0.blocks.0.attn.norm"] == 1e-5
+    assert all(b.mlp.fc1.out_features == 4 * b.mlp.fc1.in_features for s in b0.encoder.stages for b in s.blocks)
+    assert b0.encoder.stages[0].blocks[0].attn.q.bias is not None
+
+
+def test_drop_path_linear_over_all_blocks():
+    model = create_model("segformer_b2", drop_path_rate=0.1)
+    rates = [getattr(b.drop_path1, "drop_prob", 0.0) for s in model.encoder.stages for b in s.blocks]
+    assert rates == pytest.approx(torch.linspace(0, 0.1, 16).tolist())  # MiT's rule: linspace over sum(depths)
+    assert [getattr(b.drop_path2, "drop_prob", 0.0) for s in model.encoder.stages for b in s.blocks] == rates
+
+
+def _reference_head(head, stages):
+    """NVlabs' SegFormerHead, literally: project, upsample, concat [c4..c1], conv-BN-ReLU."""
+    size = stages[0].shape[-2:]
+    maps = []
+    for stage, proj in zip(stages, head.projections):
+        y = proj(stage.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(stage.shape[0], -1, *stage.shape[-2:])
+        maps.append(F.interpolate(y, size=size, mode="bilinear", align_corners=False))
+    fuse = head.linear_fuse
+    decoder = F.relu(fuse.bn(fuse.conv(torch.cat(maps[::-1], dim=1))))
+    return decoder, head.linear_pred(head.dropout(decoder))
+
+
+def test_folded_head_equals_reference_head(b0):
+    _randomise_norms(b0)
+    b0.eval()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        out = b0(x)
+        decoder, logits = _reference_head(b0.decode_head, out.stages)
+    torch.testing.assert_close(out.decoder, decoder, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-4)
+
+
+def test_folded_head_gradients_equal_reference(b0):
+    """Same function, same parameters: same gradients (in float64, where rounding cannot hide a slip)."""
+    head = copy.deepcopy(b0.decode_head).double().train()
+    with torch.no_grad():
+        stages = [s.double() for s in b0.eval()(torch.randn(2, 3, 64, 64)).stages]
+    probe = torch.randn(2, 256, 16, 16, dtype=torch.float64)
+    grads = []
+    for forward in (lambda: head(stages)[0], lambda: _reference_head(head, stages)[0]):
+        head.zero_grad()
+        (forward() * probe).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and "linear_c3.weight" in grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grad, grads[1][name], atol=1e-9, rtol=1e-7, msg=name)
+
+
+def test_channels_last_matches_contiguous(b0):
+    b0.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = b0(x)
+        model = create_model("segformer_b0")
+        model.load_state_dict(b0.state_dict())
+        model.to(memory_format=torch.channels_last).eval()
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    assert out.logits.shape == ref.logits.shape and torch.isfinite(out.logits).all()
+    torch.testing.assert_close(out.logits, ref.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out.decoder, ref.decoder, atol=1e-4, rtol=1e-4)
+
+
+def test_bf16_autocast_forward_backward_close_to_fp32(b0):
+    b0.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = b0(x)
+    b0.train()
+    b0.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = b0(x.contiguous(memory_format=torch.channels_last))
+        loss = F.cross_entropy(out.logits.float(), torch.randint(0, 11, (2, 16, 16)))
+    loss.backward()
+    assert out.logits.shape == ref.logits.shape and out.decoder.shape == ref.decoder.shape
+    assert all(torch.isfinite(t).all() for t in (out.logits, out.decoder, *out.stages))
+    assert all(torch.isfinite(p.grad).all() for p in b0.parameters() if p.grad is not None)
+    b0.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = b0(x)
+    scale = ref.logits.abs().max()
+    assert (low.logits.float() - ref.logits).abs().max() <= 0.05 * scale + 1e-3
+    assert (low.decoder.float() - ref.decoder).abs().max() <= 0.05 * ref.decoder.abs().max() + 1e-3
+
+
+def test_eval_is_deterministic_and_train_drops_paths():
+    torch.manual_seed(0)
+    model = create_model("segformer_b0", drop_path_rate=0.5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, model(x).logits)
+        model.train()
+        assert not torch.equal(model(x).stages[3], model(x).stages[3])
+
+
+def test_bad_model_name_or_class_count_is_a_user_error():
+    with pytest.raises(UserError, match="segformer_b6"):
+        create_model("segformer_b6")
+    with pytest.raises(UserError, match="num_classes"):
+        create_model("segformer_b0", num_classes=0)

@@ -1,0 +1,266 @@
+"""MLflow tracking against real local SQLite stores: the run tree, params, batched metrics, resume,
+study artifacts, and many processes logging to one fresh store at once."""
+
+import copy
+import multiprocessing as mp
+from multiprocessing import forkserver
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+from segkd import tracking
+from segkd.classes import CLASS_NAMES
+from segkd.config import Study
+
+PARENT = "mlflow.parentRunId"
+
+
+def make_spec(study, role="student", teacher="segformer_b2", method="kd", seed=0, fold=0):
+    """A run spec shaped like `Study.run_spec` returns (see contracts: metrics.json params)."""
+    terms = {"kd": {"weight": 0.01, "temperature": 1.0}} if method == "kd" else {}
+    if role == "teacher":
+        model, method, terms = teacher, None, {}
+    else:
+        model = "segformer_b0"
+        teacher = None if method == "baseline" else teacher
+    return {
+        "study": study, "role": role, "model": model, "teacher": teacher,
+        "teacher_checkpoint": None if teacher is None or role == "teacher"
+        else f"runs/teachers/{teacher}/fold{fold}/checkpoint.pt",
+        "method": method, "terms": terms, "seed": seed, "fold": fold,
+        "dataset": {"name": "synthetic", "height": 96, "width": 128},
+        "prepared": "data/prepared/synthetic", "folds_file": "data/folds/synthetic.json",
+        "pretrained": None, "iterations": 300,
+        "train": {"batch_size": 8, "lr": 6e-4, "crop": None, "augment": {"scale": [0.75, 1.5], "flip": True}},
+        "tracking_uri": None,
+    }
+
+
+FINAL = {
+    "mIoU": 0.5, "mPA": 0.6, "aAcc": 0.8, "wall_time_s": 12.5, "images_per_s": 40.0, "iterations": 300,
+    "iou": {name: (None if name == "Fence" else 0.1 * (i % 10)) for i, name in enumerate(CLASS_NAMES)},
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One initialised SQLite store shared by the single-process tests (each uses its own study)."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    tracking.init_store(uri)
+    return root, uri
+
+
+def experiment_id(client, study):
+    return client.get_experiment_by_name(study).experiment_id
+
+
+def node_runs(client, study, node):
+    return client.search_runs([experiment_id(client, study)], f"tags.`segkd.node` = '{node}'",
+                              run_view_type=ViewType.ALL)
+
+
+def test_student_run_in_the_store_with_params_tags_metrics_and_parents(store, tmp_path):
+    root, uri = store
+    spec = make_spec("study-a", seed=1, fold=0)
+    artifact = tmp_path / "metrics.json"
+    artifact.write_text("{}\n")
+    with tracking.start_run_for(spec, uri=uri) as run:
+        run.log_metrics(10, {"loss": 2.0, "lr": 1e-4, "kd": 0.3})
+        run.log_final(FINAL)
+        run.log_artifact(artifact)
+        run_id = run.run_id
+
+    client = MlflowClient(uri)
+    r = client.get_run(run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.tags["role"] == "student"
+    assert {k: r.data.tags[k] for k in ("study", "teacher", "method", "seed", "fold", "dataset", "model")} == {
+        "study": "study-a", "teacher": "segformer_b2", "method": "kd", "seed": "1", "fold": "0",
+        "dataset": "synthetic", "model": "segformer_b0"}
+    p = r.data.params
+    assert p["train.lr"] == "0.0006" and p["train.batch_size"] == "8"
+    assert p["train.augment.scale"] == "[0.75, 1.5]" and p["train.augment.flip"] == "true"
+    assert p["terms.kd.weight"] == "0.01" and p["terms.kd.temperature"] == "1.0"
+    assert p["dataset.name"] == "synthetic" and p["train.crop"] == "null" and p["role"] == "student"
+    m = r.data.metrics
+    assert m["mIoU"] == 0.5 and m["mPA"] == 0.6 and m["aAcc"] == 0.8 and m["images_per_s"] == 40.0
+    assert m["iou.Pole"] == pytest.approx(0.2) and "iou.Fence" not in m
+    assert [(h.step, h.value) for h in client.get_metric_history(run_id, "mIoU")] == [(300, 0.5)]
+    assert [(h.step, h.value) for h in client.get_metric_history(run_id, "kd")] == [(10, 0.3)]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["metrics.json"]
+    assert r.info.artifact_uri.startswith(str(root / "mlruns"))
+
+    (method_node,) = node_runs(client, "study-a", "method:segformer_b2/kd")
+    (study_node,) = node_runs(client, "study-a", "study")
+    assert r.data.tags[PARENT] == method_node.info.run_id
+    assert method_node.data.tags[PARENT] == study_node.info.run_id
+    assert PARENT not in study_node.data.tags
+    assert study_node.info.run_name == "study-a" and method_node.info.run_name == "segformer_b2/kd"
+
+
+def test_teacher_run_goes_under_teachers_and_fails_on_exception(store):
+    _, uri = store
+    with pytest.raises(RuntimeError):
+        with tracking.start_run_for(make_spec("study-b", role="teacher", fold=1), uri=uri) as run:
+            run_id = run.run_id
+            raise RuntimeError("out of memory")
+    client = MlflowClient(uri)
+    r = client.get_run(run_id)
+    assert r.info.status == "FAILED"
+    assert r.data.tags["role"] == "teacher" and r.data.tags["method"] == "none"
+    assert r.info.run_name == "segformer_b2/fold1"
+    (teachers,) = node_runs(client, "study-b", "teachers")
+    assert r.data.tags[PARENT] == teachers.info.run_id
+    # the baseline student has no teacher: its node is none/baseline
+    with tracking.start_run_for(make_spec("study-b", method="baseline"), uri=uri) as run:
+        baseline_id = run.run_id
+    (node,) = node_runs(client, "study-b", "method:none/baseline")
+    assert client.get_run(baseline_id).data.tags[PARENT] == node.info.run_id
+
+
+def test_metrics_are_logged_in_batches_with_their_steps(store):
+    _, uri = store
+    client = MlflowClient(uri)
+    run = tracking.start_run_for(make_spec("study-c"), uri=uri, flush_every=7)
+    run.log_metrics(0, {"loss": 1.0, "lr": 0.1, "kd": 0.5})
+    run.log_metrics(1, {"loss": 0.9, "lr": 0.2, "kd": 0.4})
+    assert client.get_run(run.run_id).data.metrics == {}  # 6 values buffered, below the batch size
+    run.log_metrics(2, {"loss": 0.8, "lr": 0.3, "kd": 0.3})  # 9 >= 7: one batch written
+    assert client.get_run(run.run_id).data.metrics["loss"] == 0.8
+    for step in range(3, 10):
+        run.log_metrics(step, {"loss": 1.0 - step / 10, "lr": 0.1 * (step + 1), "kd": 0.5 - step / 20})
+    run.close()
+    history = sorted((h.step, h.value) for h in client.get_metric_history(run.run_id, "loss"))
+    assert history == [(s, pytest.approx(1.0 - s / 10)) for s in range(10)]
+    for key in ("lr", "kd"):
+        assert sorted(h.step for h in client.get_metric_history(run.run_id, key)) == list(range(10))
+    assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_resume_reuses_the_run_id(store):
+    _, uri = store
+    spec = make_spec("study-d", seed=2)
+    first = tracking.start_run_for(spec, uri=uri)
+    first.log_metrics(0, {"loss": 1.0})
+    first.close("FAILED")  # interrupted
+    with tracking.start_run_for(spec, uri=uri, run_id=first.run_id) as again:
+        assert again.run_id == first.run_id
+        again.log_metrics(1, {"loss": 0.5})
+    client = MlflowClient(uri)
+    runs = client.search_runs([experiment_id(client, "study-d")], "tags.role = 'student'")
+    assert [r.info.run_id for r in runs] == [first.run_id]
+    assert runs[0].info.status == "FINISHED"
+    assert sorted(h.step for h in client.get_metric_history(first.run_id, "loss")) == [0, 1]
+    # a run id the store does not know (e.g. a deleted store) starts a fresh run instead
+    with tracking.start_run_for(spec, uri=uri, run_id="0" * 32) as fresh:
+        assert fresh.run_id != first.run_id
+
+
+def test_study_artifacts_go_to_the_study_run(store, tmp_path):
+    _, uri = store
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "miou.png").write_bytes(b"png")
+    (tmp_path / "summary.csv").write_text("method,mIoU\nkd,0.5\n")
+    root_id = tracking.log_study_artifacts("study-e", [tmp_path / "summary.csv", tmp_path / "plots"], uri=uri)
+    client = MlflowClient(uri)
+    (study_node,) = node_runs(client, "study-e", "study")
+    assert study_node.info.run_id == root_id
+    assert sorted(a.path for a in client.list_artifacts(root_id)) == ["miou.png", "summary.csv"]
+    with pytest.raises(FileNotFoundError):
+        tracking.log_study_artifacts("study-e", [tmp_path / "missing.md"], uri=uri)
+
+
+def test_uri_resolution_and_idempotent_init(store, tmp_path, monkeypatch):
+    root, uri = store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking.resolve_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.resolve_uri("sqlite:///sub/x.db") == f"sqlite:///{tmp_path / 'sub' / 'x.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert tracking.resolve_uri() == uri
+    assert tracking.resolve_uri("http://tracking:5000") == "http://tracking:5000"
+    exp = tracking.init_store(None, "study-f")  # from the environment
+    tracking._ready.clear()  # forget this process's cache: the store itself must be idempotent
+    assert tracking.init_store(uri, "study-f") == exp
+    client = MlflowClient(uri)
+    assert client.get_experiment(exp).artifact_location == str(root / "mlruns")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_init_study_creates_every_node_once(store):
+    _, uri = store
+    study = Study({"study": "study-g", "models": {"teachers": ["segformer_b2", "segformer_b4"]},
+                   "methods": {"kd": {}, "at": {}}, "tracking": {"uri": uri}})
+    exp = tracking.init_study(study)
+    assert tracking.init_study(study) == exp  # idempotent
+    client = MlflowClient(uri)
+    nodes = {r.data.tags["segkd.node"]: r for r in client.search_runs([exp], run_view_type=ViewType.ALL)}
+    assert sorted(nodes) == sorted(["study", "teachers", "method:none/baseline", "method:segformer_b2/kd",
+                                    "method:segformer_b2/at", "method:segformer_b4/kd",
+                                    "method:segformer_b4/at"])
+    root = nodes.pop("study").info.run_id
+    assert all(r.data.tags[PARENT] == root and r.info.status == "FINISHED" for r in nodes.values())
+    with tracking.start_run_for(make_spec("study-g", teacher="segformer_b4", method="at"), uri=uri) as run:
+        pass  # a job finds its node instead of making another
+    assert client.get_run(run.run_id).data.tags[PARENT] == nodes["method:segformer_b4/at"].info.run_id
+    assert len(client.search_runs([exp], run_view_type=ViewType.ALL)) == 8
+
+
+def test_flatten_params():
+    flat = tracking.flatten_params({"a": {"b": {"c": 1}, "d": [1, 2]}, "e": "x", "f": None, "g": {}})
+    assert flat == {"a.b.c": "1", "a.d": "[1, 2]", "e": "x", "f": "null", "g": "{}"}
+
+
+# ----------------------------------------------------------------------- many processes at once
+N_STEPS = 25  # x 2 metrics = 50 values per job, written in batches of 10
+
+
+def _job(uri, spec, barrier):
+    """One training job: waits for the others, then opens its run and logs in batches."""
+    barrier.wait(timeout=120)
+    with tracking.start_run_for(spec, uri=uri, flush_every=10) as run:
+        for step in range(N_STEPS):
+            run.log_metrics(step, {"loss": 1.0 / (step + 1) + spec["seed"], "lr": 1e-4 * step})
+        run.log_final(FINAL)
+
+
+def test_parallel_jobs_share_one_fresh_store(tmp_path):
+    ctx = mp.get_context("forkserver")
+    # Jobs are forked from a server that imports MLflow once (not once per job, ~3 s each);
+    # it starts now, so its imports overlap with the store's creation below.
+    ctx.set_forkserver_preload(["segkd.tracking", "mlflow.store.tracking.sqlalchemy_store"])
+    forkserver.ensure_running()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.init_store(uri, "study-p")  # before fan-out, as the workflow does; nodes are not made yet
+    specs = ([make_spec("study-p", method=m, seed=s) for m in ("kd", "at") for s in range(3)]
+             + [make_spec("study-p", method="baseline"), make_spec("study-p", role="teacher")])
+    barrier = ctx.Barrier(len(specs))
+    jobs = [ctx.Process(target=_job, args=(uri, copy.deepcopy(s), barrier)) for s in specs]
+    for j in jobs:
+        j.start()
+    for j in jobs:
+        j.join(timeout=180)
+    assert [j.exitcode for j in jobs] == [0] * len(jobs)
+
+    client = MlflowClient(uri)
+    exp = experiment_id(client, "study-p")
+    for node in ("study", "teachers", "method:segformer_b2/kd", "method:segformer_b2/at", "method:none/baseline"):
+        assert len(node_runs(client, "study-p", node)) == 1, node
+    runs = client.search_runs([exp], "attributes.status = 'FINISHED'", run_view_type=ViewType.ALL)
+    jobs_runs = [r for r in runs if "role" in r.data.tags]
+    assert len(runs) == len(specs) + 5 and len(jobs_runs) == len(specs)
+    seen = set()
+    for r in jobs_runs:
+        t = r.data.tags
+        seen.add((t["role"], t["method"], t["seed"]))
+        node = "teachers" if t["role"] == "teacher" else f"method:{t['teacher']}/{t['method']}"
+        (parent,) = node_runs(client, "study-p", node)
+        assert t[PARENT] == parent.info.run_id
+        seed = int(t["seed"])
+        loss = sorted((h.step, h.value) for h in client.get_metric_history(r.info.run_id, "loss"))
+        assert loss == [(s, pytest.approx(1.0 / (s + 1) + seed)) for s in range(N_STEPS)]
+        assert len(client.get_metric_history(r.info.run_id, "lr")) == N_STEPS
+        assert r.data.metrics["mIoU"] == 0.5 and "iou.Sky" in r.data.metrics
+    assert len(seen) == len(specs)

@@ -1,0 +1,143 @@
+"""The training engine on the smoke study: determinism, resume after a kill, NaN guard, teacher
+checks, and the MLflow run in a real local store."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segkd.config import Study, validate
+from segkd.data.folds import split
+from segkd.data.prepare import prepare
+from segkd.engine.train import train
+from segkd.errors import TrainingDiverged, UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def study():
+    return Study(validate(yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())))
+
+
+@pytest.fixture(scope="module")
+def data(study, tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    prepared = prepare(study.dataset, root / "prepared")
+    folds = root / "folds.json"
+    f = study.params["folds"]
+    split(Path(prepared), folds, strategy=f["strategy"], k=f["k"], guard=f["guard"])
+    return Path(prepared), folds
+
+
+def make_spec(study, data, **changes):
+    prepared, folds = data
+    method = changes.pop("method", "baseline")
+    teacher = changes.pop("teacher", None)
+    role = changes.pop("role", "student")
+    if role == "teacher":
+        spec = study.run_spec("teacher", teacher=teacher, fold=changes.pop("fold", 0))
+    else:
+        spec = study.run_spec("student", teacher=teacher, method=method, seed=changes.pop("seed", 0),
+                              fold=changes.pop("fold", 0))
+    spec = copy.deepcopy(spec)
+    spec.update(prepared=str(prepared), folds_file=str(folds), tracking={"enabled": False})
+    spec["train"]["threads"] = 1
+    for key, value in changes.items():
+        target = spec["train"] if key in spec["train"] else spec
+        target[key] = value
+    return spec
+
+
+def numbers(metrics):
+    return {k: metrics[k] for k in ("iou", "acc", "mIoU", "mPA", "aAcc", "confusion")}
+
+
+def test_same_seed_gives_identical_metrics_and_other_seed_differs(study, data, tmp_path):
+    spec = make_spec(study, data, iterations=4)
+    a = train(spec, tmp_path / "a")
+    b = train(spec, tmp_path / "b")
+    assert numbers(a) == numbers(b)
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    c = train(make_spec(study, data, iterations=4, seed=1), tmp_path / "c")
+    assert [h["loss"] for h in c["history"]] != [h["loss"] for h in a["history"]]
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["role"] == "student" and saved["method"] == "baseline" and saved["iterations"] == 4
+    assert (tmp_path / "a" / "checkpoint.pt").is_file() and not (tmp_path / "a" / "partial.pt").exists()
+
+
+def test_resume_after_kill_matches_uninterrupted_run(study, data, tmp_path):
+    spec = make_spec(study, data, iterations=40, checkpoint_every=10, log_every=5)
+    reference = train(spec, tmp_path / "reference")
+
+    run = tmp_path / "killed"
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "segkd.cli", "train", "--spec", f"@{spec_file}", "--out", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    deadline = time.monotonic() + 120
+    while not (run / "partial.pt").exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from iteration" in resumed.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert numbers(metrics) == numbers(reference)
+    assert [h["loss"] for h in metrics["history"]] == [h["loss"] for h in reference["history"]]
+
+
+def test_non_finite_loss_stops_with_iteration_and_keeps_last_checkpoint(study, data, tmp_path):
+    spec = make_spec(study, data, iterations=20, checkpoint_every=1, lr=1e30, warmup_iterations=0)
+    with pytest.raises(TrainingDiverged, match=r"non-finite loss at iteration \d+: task="):
+        train(spec, tmp_path / "run")
+    assert (tmp_path / "run" / "partial.pt").is_file()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_student_checks_its_teacher_before_training(study, data, tmp_path):
+    teacher_spec = make_spec(study, data, role="teacher", teacher="segformer_b2", iterations=2)
+    train(teacher_spec, tmp_path / "teacher")
+    ckpt = str(tmp_path / "teacher" / "checkpoint.pt")
+
+    ok = make_spec(study, data, teacher="segformer_b2", method="kd", iterations=2, teacher_checkpoint=ckpt)
+    result = train(ok, tmp_path / "student")
+    assert {"task", "kd"} <= set(result["history"][-1])
+
+    other_fold = make_spec(study, data, teacher="segformer_b2", method="kd", fold=1, teacher_checkpoint=ckpt)
+    with pytest.raises(UserError, match="teacher fold is 0, the student run needs 1"):
+        train(other_fold, tmp_path / "bad")
+    missing = make_spec(study, data, teacher="segformer_b2", method="kd", teacher_checkpoint=str(tmp_path / "no.pt"))
+    with pytest.raises(UserError, match="teacher checkpoint not found"):
+        train(missing, tmp_path / "bad2")
+
+
+def test_run_is_logged_to_a_real_mlflow_store(study, data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(study, data, iterations=3, log_every=1, tracking_uri=uri, tracking={"enabled": True})
+    result = train(spec, tmp_path / "run")
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["method"] == "baseline" and run.data.tags["seed"] == "0" and run.data.tags["fold"] == "0"
+    assert run.data.params["train.lr"] == str(spec["train"]["lr"]) or json.loads(run.data.params["train.lr"]) == spec["train"]["lr"]
+    assert run.data.metrics["mIoU"] == pytest.approx(result["mIoU"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "confusion.png"} <= artifacts

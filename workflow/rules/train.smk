@@ -1,0 +1,94 @@
+# Training: a teacher per (teacher, fold); a student per (teacher, method, seed, fold); the no-KD
+# baseline per (seed, fold). Each job's hyperparameters are its run spec, passed through params:
+# so that changing one method's weight re-runs only that method's jobs.
+
+TRAIN_INPUT = dict(
+    images=rules.prepare.output.images,
+    labels=rules.prepare.output.labels,
+    manifest=rules.prepare.output.manifest,
+    folds=FOLDS_FILE,
+    code=TRAIN_CODE,
+)
+TRAIN_CMD = (
+    "segkd train --spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
+)
+
+
+rule teacher:
+    input:
+        **TRAIN_INPUT,
+    output:
+        checkpoint="runs/teachers/{teacher}/fold{fold}/checkpoint.pt",
+        metrics="runs/teachers/{teacher}/fold{fold}/metrics.json",
+    params:
+        spec=lambda wc: spec_json(STUDY.run_spec("teacher", teacher=wc.teacher, fold=int(wc.fold))),
+        out=lambda wc: teacher_dir(wc.teacher, wc.fold),
+    log:
+        "logs/teachers/{teacher}/fold{fold}.log",
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    shell:
+        TRAIN_CMD
+
+
+rule baseline:
+    input:
+        **TRAIN_INPUT,
+    output:
+        checkpoint="runs/students/none/baseline/seed{seed}/fold{fold}/checkpoint.pt",
+        metrics="runs/students/none/baseline/seed{seed}/fold{fold}/metrics.json",
+    params:
+        spec=lambda wc: spec_json(
+            STUDY.run_spec("student", method="baseline", seed=int(wc.seed), fold=int(wc.fold))
+        ),
+        out=lambda wc: student_dir("none", "baseline", wc.seed, wc.fold),
+    log:
+        "logs/students/none/baseline/seed{seed}/fold{fold}.log",
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=360,
+    shell:
+        TRAIN_CMD
+
+
+rule student:
+    input:
+        **TRAIN_INPUT,
+        distill_code=DISTILL_CODE,
+        teacher=rules.teacher.output.checkpoint,
+    output:
+        checkpoint="runs/students/{teacher}/{method}/seed{seed}/fold{fold}/checkpoint.pt",
+        metrics="runs/students/{teacher}/{method}/seed{seed}/fold{fold}/metrics.json",
+    params:
+        spec=lambda wc: spec_json(
+            STUDY.run_spec("student", teacher=wc.teacher, method=wc.method, seed=int(wc.seed), fold=int(wc.fold))
+        ),
+        out=lambda wc: student_dir(wc.teacher, wc.method, wc.seed, wc.fold),
+    log:
+        "logs/students/{teacher}/{method}/seed{seed}/fold{fold}.log",
+    threads: 1
+    resources:
+        gpu=1,
+        mem_mb=12000,
+        runtime=480,
+    shell:
+        TRAIN_CMD
+
+
+rule teachers:
+    """Target: every teacher of the study (the DVC 'teachers' stage runs this)."""
+    input:
+        [f"{teacher_dir(t, f)}/metrics.json" for t in STUDY.teachers for f in STUDY.folds],
+    localrule: True
+
+
+rule students:
+    """Target: every student and baseline run of the study (the DVC 'students' stage runs this)."""
+    input:
+        [f"{d}/metrics.json" for d in all_run_dirs() if d.startswith("runs/students")],
+    localrule: True
