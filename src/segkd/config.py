@@ -64,7 +64,10 @@ def validate(raw: dict) -> dict:
     from segkd.distill.registry import check_terms  # unknown losses and options fail here, before any job
 
     for method, terms in params["methods"].items():
-        check_terms(terms, where=f"methods.{method}")
+        try:
+            check_terms(terms, where=f"methods.{method}")
+        except UserError as err:
+            raise ConfigError(str(err)) from None
     return params
 
 

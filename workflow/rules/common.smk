@@ -8,8 +8,9 @@ from segkd import layout
 from segkd.config import Study, spec_json
 from segkd.config import validate as validate_study
 
-validate(config, "../schemas/params.schema.yaml")
+# segkd's own check first: its errors name the key (train.lr: ...); then Snakemake's, on the same schema.
 STUDY = Study(validate_study(config))
+validate(config, "../schemas/params.schema.yaml")
 DATASET = STUDY.dataset["name"]
 PREPARED = str(layout.prepared_dir(DATASET))
 FOLDS_FILE = str(layout.folds_file(DATASET))

@@ -1,4 +1,7 @@
 # Data: decode and resize once into compact arrays, then cut the folds.
+# Downstream rules depend on the small manifest.json (it carries the arrays' checksums), never on the
+# arrays: Snakemake compares small inputs by checksum, so a `dvc checkout` that only rewrites file
+# times re-runs nothing.
 
 
 rule prepare:
@@ -24,7 +27,6 @@ rule prepare:
 rule split:
     input:
         manifest=rules.prepare.output.manifest,
-        labels=rules.prepare.output.labels,
         code=SPLIT_CODE,
     output:
         FOLDS_FILE,

@@ -3,8 +3,6 @@
 # so that changing one method's weight re-runs only that method's jobs.
 
 TRAIN_INPUT = dict(
-    images=rules.prepare.output.images,
-    labels=rules.prepare.output.labels,
     manifest=rules.prepare.output.manifest,
     folds=FOLDS_FILE,
     code=TRAIN_CODE,
@@ -60,7 +58,7 @@ rule student:
     input:
         **TRAIN_INPUT,
         distill_code=DISTILL_CODE,
-        teacher=rules.teacher.output.checkpoint,
+        teacher=rules.teacher.output.metrics,  # small, checksummed; the checkpoint is read by path
     output:
         checkpoint="runs/students/{teacher}/{method}/seed{seed}/fold{fold}/checkpoint.pt",
         metrics="runs/students/{teacher}/{method}/seed{seed}/fold{fold}/metrics.json",

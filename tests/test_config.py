@@ -1,0 +1,58 @@
+"""Study params: the shipped studies validate, defaults are filled, bad keys are named."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from segkd.config import ConfigError, Study, load_study, validate
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = [REPO / "params.yaml", *sorted((REPO / "studies").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
+def test_shipped_studies_are_valid(path):
+    study = load_study(path)
+    assert study.seeds and study.teachers and study.folds
+
+
+def test_defaults_are_filled_and_schema_is_shared_with_snakemake():
+    raw = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
+    params = validate(raw)
+    assert params["train"]["head_lr_mult"] == 10.0 and params["train"]["augment"]["flip"] is True
+    assert params["folds"]["k"] == 2 and params["teacher_seed"] == 0
+    link = REPO / "workflow" / "schemas" / "params.schema.yaml"
+    assert link.resolve() == (REPO / "src" / "segkd" / "params.schema.yaml").resolve()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda p: p["train"].update(lr=-1), r"train\.lr"),
+    (lambda p: p.update(seeds=[]), r"seeds"),
+    (lambda p: p.update(colour="red"), r"colour"),
+    (lambda p: p["train"].update(batch_size="8"), r"train\.batch_size"),
+    (lambda p: p["methods"].update(x={"nope": {"weight": 1}}), r"methods\.x\.nope: unknown loss 'nope'"),
+    (lambda p: p["methods"].update(x={"freq": {"weight": 1, "ratoi": 0.2}}), r"methods\.x\.freq: unknown option 'ratoi'"),
+    (lambda p: p["dataset"].update(name="cityscapes"), r"dataset\.name"),
+    (lambda p: p["folds"].update(strategy="random"), r"folds\.strategy"),
+    (lambda p: p["methods"].update(baseline={"kd": {"weight": 1}}), r"methods"),
+])
+def test_bad_params_name_the_key(mutate, message):
+    params = copy.deepcopy(yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text()))
+    mutate(params)
+    with pytest.raises(ConfigError, match=message):
+        validate(params)
+
+
+def test_run_specs_carry_exactly_what_a_job_needs():
+    study = Study(validate(yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())))
+    teacher = study.run_spec("teacher", teacher="segformer_b2", fold=1)
+    assert teacher["model"] == "segformer_b2" and teacher["terms"] == {} and teacher["seed"] == study.params["teacher_seed"]
+    student = study.run_spec("student", teacher="segformer_b2", method="kd", seed=1, fold=0)
+    assert student["model"] == "segformer_b0" and student["terms"] == study.methods["kd"]
+    assert student["teacher_checkpoint"] == "runs/teachers/segformer_b2/fold0/checkpoint.pt"
+    baseline = study.run_spec("student", method="baseline", seed=1, fold=0)
+    assert baseline["teacher"] is None and baseline["terms"] == {}
+    with pytest.raises(ConfigError, match="no method named 'nope'"):
+        study.run_spec("student", teacher="segformer_b2", method="nope", seed=0, fold=0)

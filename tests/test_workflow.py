@@ -1,0 +1,150 @@
+"""The study workflow for real: Snakemake end to end on the smoke study, DVC re-running only what a
+parameter change touches, the SLURM profile's dry run, and bad params failing before any job."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def run(cmd, cwd, check=True):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def copy_repo(dest: Path) -> Path:
+    """A fresh git repository holding the project's files, as a user's clone would."""
+    files = run(["git", "ls-files", "-co", "--exclude-standard"], REPO).stdout.split()
+    for name in files:
+        src = REPO / name
+        if src.is_file() or src.is_symlink():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name, follow_symlinks=False)
+    run("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm init", dest)
+    return dest
+
+
+def executed_jobs(log: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job Snakemake ran, from its log."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", log):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if head:
+            wc = re.search(r"wildcards: (.*)", block)
+            pairs = dict(p.split("=", 1) for p in wc.group(1).split(", ")) if wc else {}
+            jobs.append((head.group(1), pairs))
+    return jobs
+
+
+def test_dry_run_plans_the_whole_study(tmp_path):
+    repo = copy_repo(tmp_path)
+    out = run(["snakemake", "-n", "--configfile", "studies/smoke.yaml"], repo).stdout
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    assert counts == {"prepare": "1", "split": "1", "teacher": "2", "baseline": "4", "student": "8",
+                      "aggregate": "1", "all": "1", "total": "18"}
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    repo = copy_repo(tmp_path)
+    out = run(["snakemake", "--profile", "workflow/profiles/slurm", "--dry-run", "--configfile",
+               "studies/smoke.yaml"], repo).stdout
+    assert re.search(r"^total\s+18$", out, flags=re.M)
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"train": {"lr": "fast"}}, "train.lr"),
+    ({"seeds": []}, "seeds"),
+    ({"methods": {"kd": {"kdd": {"weight": 1.0}}}}, "methods.kd"),
+    ({"colour": 1}, "colour"),
+])
+def test_invalid_params_fail_before_any_job(tmp_path, change, key):
+    repo = copy_repo(tmp_path)
+    params = yaml.safe_load((repo / "studies" / "smoke.yaml").read_text())
+    for section, value in change.items():
+        if isinstance(value, dict) and isinstance(params.get(section), dict):
+            params[section] = {**params[section], **value}
+        else:
+            params[section] = value
+    (repo / "bad.yaml").write_text(yaml.safe_dump(params))
+    proc = run(["snakemake", "--cores", "1", "--configfile", "bad.yaml"], repo, check=False)
+    assert proc.returncode != 0
+    assert key in proc.stdout + proc.stderr
+    assert not (repo / "data" / "prepared").exists()
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory):
+    """A git + DVC copy of the project whose params.yaml is the smoke study, reproduced once."""
+    repo = copy_repo(tmp_path_factory.mktemp("dvc"))
+    shutil.copy(repo / "studies" / "smoke.yaml", repo / "params.yaml")
+    run("git -c user.email=t@t -c user.name=t commit -qam smoke", repo)
+    first = run(["dvc", "repro"], repo)
+    return repo, first.stdout + first.stderr
+
+
+def test_snakemake_study_end_to_end(dvc_repo):
+    repo, log = dvc_repo
+    ran = executed_jobs(log)
+    assert sum(rule == "teacher" for rule, _ in ran) == 2 and sum(rule == "student" for rule, _ in ran) == 8
+    runs = pd.read_csv(repo / "results" / "runs.csv")
+    assert len(runs) == 2 + 4 + 8
+    summary = json.loads((repo / "results" / "summary.json").read_text())
+    assert set(summary["segformer_b2"]) == {"kd", "freq"}
+    report = (repo / "results" / "report.md").read_text()
+    assert "paired" in report.lower() and (repo / "results" / "plots" / "miou.png").is_file()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    runs_logged = client.search_runs([experiment.experiment_id], "tags.role = 'student'", max_results=100)
+    assert len(runs_logged) == 12 and all("mlflow.parentRunId" in r.data.tags for r in runs_logged)
+    assert all("mIoU" in r.data.metrics for r in runs_logged)
+
+    again = run(["snakemake", "-n", "--configfile", "studies/smoke.yaml"], repo).stdout
+    assert "Nothing to be done" in again
+
+
+def test_dvc_repro_reruns_only_the_changed_method(dvc_repo):
+    repo, _ = dvc_repo
+    run("git -c user.email=t@t -c user.name=t commit -qam repro", repo)
+    params = (repo / "params.yaml").read_text()
+    changed = params.replace("kd: {weight: 0.01}", "kd: {weight: 0.02}")
+    assert changed != params
+    (repo / "params.yaml").write_text(changed)
+
+    log = run(["dvc", "repro"], repo)
+    ran = executed_jobs(log.stdout + log.stderr)
+    trained = [(rule, wc) for rule, wc in ran if rule in ("teacher", "baseline", "student", "prepare", "split")]
+    assert trained and all(rule == "student" and wc["method"] == "kd" for rule, wc in trained), trained
+    assert len(trained) == 4
+    assert ("aggregate", {}) in ran
+
+    second = run(["dvc", "repro"], repo)
+    assert executed_jobs(second.stdout + second.stderr) == []
+    assert "up to date" in (second.stdout + second.stderr).lower()
+
+
+def test_dvc_checkout_does_not_make_snakemake_rerun(dvc_repo):
+    repo, _ = dvc_repo
+    shutil.rmtree(repo / "runs" / "students")
+    shutil.rmtree(repo / "data" / "prepared")
+    run(["dvc", "checkout"], repo)
+    assert (repo / "runs" / "students" / "segformer_b2" / "kd" / "seed0" / "fold0" / "metrics.json").is_file()
+    dry = run(["snakemake", "-n", "--rerun-triggers", "params", "input", "code"], repo).stdout
+    assert "Nothing to be done" in dry, dry[-3000:]
