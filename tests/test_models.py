@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import randomise_norms
 from segkd.errors import UserError
 from segkd.models import SegOutput, create_model
 
@@ -16,19 +17,6 @@ torch.set_num_threads(1)
 def b0():
     torch.manual_seed(0)
     return create_model("segformer_b0", num_classes=11)
-
-
-def _randomise_norms(model):
-    """Give norms non-default statistics and affine params so that mix-ups in them show."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
-                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=gen))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=gen))
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=gen))
-                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=gen))
 
 
 @pytest.mark.parametrize("name, millions", [("segformer_b0", 3.717), ("segformer_b2", 27.355),
@@ -89,7 +77,7 @@ def _reference_head(head, stages):
 
 
 def test_folded_head_equals_reference_head(b0):
-    _randomise_norms(b0)
+    randomise_norms(b0)
     b0.eval()
     x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():

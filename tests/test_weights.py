@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import randomise_norms
 from segkd.errors import UserError
 from segkd.models import CheckpointError, create_model, to_nvlabs
 from segkd.models.weights import FORMATS, convert, detect_format, export, load_pretrained, read_state_dict
@@ -19,26 +20,13 @@ HF_DIMS = {
 }
 
 
-def _randomise_norms(model):
-    """Norms with non-default affine params and BN statistics, so that mix-ups in them change the logits."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
-                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=gen))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=gen))
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=gen))
-                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=gen))
-
-
 def hf_model(name, num_labels=11):
     """A random-init transformers SegFormer built from a config (no download)."""
     config = transformers.SegformerConfig(num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1],
                                           num_labels=num_labels, **HF_DIMS[name])
     torch.manual_seed(0)
     model = transformers.SegformerForSemanticSegmentation(config).eval()
-    _randomise_norms(model)
+    randomise_norms(model)
     return model
 
 
@@ -109,7 +97,7 @@ def test_export_splits_kv_into_hf_key_and_value():
 def test_nvlabs_round_trip_is_exact(tmp_path):
     torch.manual_seed(3)
     model = create_model("segformer_b0")
-    _randomise_norms(model)
+    randomise_norms(model)
     nvlabs = to_nvlabs(model.state_dict())
     for key in ("backbone.patch_embed1.proj.weight", "backbone.patch_embed2.norm.weight",
                 "backbone.block1.0.attn.kv.weight", "backbone.block4.1.mlp.dwconv.dwconv.weight",
