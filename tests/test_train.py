@@ -72,6 +72,14 @@ def test_same_seed_gives_identical_metrics_and_other_seed_differs(study, data, t
     assert saved["role"] == "student" and saved["method"] == "baseline" and saved["iterations"] == 4
     assert (tmp_path / "a" / "checkpoint.pt").is_file() and not (tmp_path / "a" / "partial.pt").exists()
 
+    # `segkd evaluate` on the final checkpoint reproduces the run's own evaluation, and takes another fold
+    from segkd.engine.evaluate import evaluate_checkpoint
+
+    again = evaluate_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert numbers(again) == numbers(a)
+    other = evaluate_checkpoint(tmp_path / "a" / "checkpoint.pt", fold=1)
+    assert other["fold"] == 1 and other["confusion"] != a["confusion"]
+
 
 def test_resume_after_kill_matches_uninterrupted_run(study, data, tmp_path):
     spec = make_spec(study, data, iterations=40, checkpoint_every=10, log_every=5)
