@@ -48,7 +48,8 @@ def make_step(student, teacher, terms, x, y, precision):
         if distill is not None:
             with torch.inference_mode(), autocast(device, precision):
                 t_out = teacher(x)
-            loss = loss + sum(distill(out, t_out, y).values())
+            with autocast(device, precision):
+                loss = loss + sum(distill(out, t_out, y).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -174,3 +174,13 @@ def test_every_method_trains_a_real_student(study, data, teacher_checkpoint, tmp
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["params"]["terms"] == terms
     deployable = set(__import__("torch").load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["model"])
     assert not any("adapter" in key for key in deployable)
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_adapter_methods_train_under_reduced_precision(study, data, teacher_checkpoint, tmp_path, precision):
+    spec = make_spec(study, data, teacher="segformer_b2", method="freq", iterations=1, log_every=1,
+                     teacher_checkpoint=teacher_checkpoint, precision=precision)
+    spec["terms"] = {"freq": {"weight": 0.1, "high": "kd"}, "fitnet": {"weight": 1.0}}
+    result = train(spec, tmp_path / "run")
+    assert result["precision"] == precision
+    assert all(v == v for v in result["history"][-1].values())

@@ -167,7 +167,8 @@ def train(spec: dict, out: str | Path) -> dict:
             if teacher is not None:
                 with torch.inference_mode(), autocast(device, precision):
                     t_out = teacher(x)
-                terms.update(distill(s_out, t_out, y))
+                with autocast(device, precision):  # adapters see the student's autocast dtypes
+                    terms.update(distill(s_out, t_out, y))
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
