@@ -66,7 +66,7 @@ def prepare(dataset_cfg: dict, out: Path, force: bool = False) -> Path:
         labels.flush()
         # The manifest carries the arrays' checksums: it changes exactly when the data does, so
         # workflows can depend on this small file instead of the arrays.
-        arrays = {"images": _sha256(np.asarray(images).tobytes()), "labels": _sha256(np.asarray(labels).tobytes())}
+        arrays = {"images": _sha256(images), "labels": _sha256(labels)}  # hashed in place, no copy
         del images, labels  # close the memory maps before the directory is renamed
         manifest = {"dataset": source.name, "height": h, "width": w, "classes": list(CLASS_NAMES),
                     "format": FORMAT_VERSION, "stamp": stamp, "arrays_sha256": arrays, "items": items}
@@ -140,7 +140,7 @@ def _replace_dir(new: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _sha256(data: bytes) -> str:
+def _sha256(data) -> str:  # bytes or any contiguous buffer (arrays hash without a copy)
     return hashlib.sha256(data).hexdigest()
 
 

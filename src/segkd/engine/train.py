@@ -160,14 +160,13 @@ def train(spec: dict, out: str | Path) -> dict:
             labels = data.train_labels[idx].to(device, non_blocking=True)
             x, y = augment(images, labels, gen)
             x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
+            with autocast(device, precision):  # distillation adapters see the student's dtypes too
                 s_out = model(x)
                 logits = F.interpolate(s_out.logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
                 terms = {"task": F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)}
-            if teacher is not None:
-                with torch.inference_mode(), autocast(device, precision):
-                    t_out = teacher(x)
-                with autocast(device, precision):  # adapters see the student's autocast dtypes
+                if teacher is not None:
+                    with torch.inference_mode():
+                        t_out = teacher(x)
                     terms.update(distill(s_out, t_out, y))
             loss = sum(terms.values())
             if not torch.isfinite(loss):
