@@ -154,3 +154,29 @@ def test_bad_model_name_or_class_count_is_a_user_error():
         create_model("segformer_b6")
     with pytest.raises(UserError, match="num_classes"):
         create_model("segformer_b0", num_classes=0)
+
+
+def test_frozen_fold_cache_follows_weight_changes():
+    """A frozen model reuses its folded head; any change to the weights must show in the next output."""
+    torch.manual_seed(0)
+    model = create_model("segformer_b0", num_classes=11).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        first = model(x).logits.clone()
+        assert model(x).logits.equal(first)  # cached fold, same result
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(x).logits.square().mean().backward()  # a training step through the uncached path
+    optimizer.step()
+    with torch.no_grad():
+        after_step = model(x).logits
+        fresh = copy.deepcopy(model)
+        fresh.decode_head._fold_key = None
+        assert not after_step.allclose(first)
+        torch.testing.assert_close(after_step, fresh(x).logits, rtol=0, atol=0)
+    state = create_model("segformer_b0", num_classes=11).state_dict()
+    model.load_state_dict(state)
+    reference = create_model("segformer_b0", num_classes=11).eval()
+    reference.load_state_dict(state)
+    reference.decode_head._fold_key = None
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=0, atol=0)

@@ -6,6 +6,7 @@ from the numbers the fake study was built with, not from segkd's own helpers.
 
 import hashlib
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -14,13 +15,14 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from statsmodels.stats.weightstats import DescrStatsW
 
 from segkd import layout
 from segkd.classes import CLASS_NAMES
 from segkd.config import Study, validate
 from segkd.errors import UserError
 from segkd.report import aggregate as agg
-from segkd.report import stats
+from segkd.report import plots, stats
 
 TEACHERS = ["segformer_b2", "segformer_b4"]
 # method -> effect on every class IoU (fraction); kd helps, at does nothing, sp hurts
@@ -32,7 +34,8 @@ def make_params(seeds=(0, 1, 2), k=2, methods=("kd", "at", "sp"), teachers=TEACH
     return {"study": "fake", "dataset": {"name": "synthetic", "height": 32, "width": 48}, "folds": folds,
             "models": {"student": "segformer_b0", "teachers": list(teachers)},
             "train": {"iterations": {"teacher": 4, "student": 3}, "batch_size": 2, "lr": 6e-4},
-            "seeds": list(seeds), "methods": {m: {m: {"weight": 1.0}} for m in methods}}
+            "seeds": list(seeds),
+            "methods": methods if isinstance(methods, dict) else {m: {m: {"weight": 1.0}} for m in methods}}
 
 
 def write_run(runs: Path, run_dir: Path, iou: dict, identity: dict, loss_scale: float) -> dict:
@@ -49,12 +52,15 @@ def write_run(runs: Path, run_dir: Path, iou: dict, identity: dict, loss_scale: 
     return metrics
 
 
-def make_study(tmp: Path, effects=EFFECTS, noise=0.004, absent_class=True, **kw):
+def make_study(tmp: Path, effects=EFFECTS, noise=0.004, absent_class=True, methods=None, **kw):
     """A study whose every metrics.json is written from known numbers; returns (study, runs, truth).
 
     truth[(teacher or "none" or "T:"+teacher, method, seed, fold)] = metrics dict as written.
+    `methods` (params' methods, grids allowed) defaults to one plain method per key of `effects`;
+    `effects` is keyed by runnable method (variant) name either way.
     """
-    study = Study(validate(make_params(methods=tuple(effects), **kw)))
+    study = Study(validate(make_params(methods=methods or tuple(effects), **kw)))
+    assert list(study.methods) == list(effects)
     rng = np.random.default_rng(0)
     base_class = np.linspace(0.3, 0.9, len(CLASS_NAMES))
     runs, truth = tmp / "runs", {}
@@ -313,3 +319,84 @@ def test_degenerate_studies_give_nan_with_a_note(tmp_path):
     assert np.isnan(tests.loc["at", "p_t"]) and np.isnan(tests.loc["at", "p_wilcoxon"])
     assert tests.loc["kd", "p_wilcoxon_holm"] == pytest.approx(0.03125)  # the only test run
     agg.aggregate(study, runs=runs, out=tmp_path / "b" / "results", log_to_mlflow=False)
+
+
+GRID = {"kd": {"kd": {"weight": 1.0}},
+        "freq": {"freq": {"weight": 0.1, "ratio": [0.1, 0.2], "high": ["kd", "none"]}}}
+GRID_EFFECTS = {"kd": 0.03, "freq-high=kd-ratio=0.1": 0.02, "freq-high=kd-ratio=0.2": 0.01,
+                "freq-high=none-ratio=0.1": 0.0, "freq-high=none-ratio=0.2": -0.01}
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid")
+    study, runs, truth = make_study(tmp, effects=GRID_EFFECTS, methods=GRID, teachers=["segformer_b2"])
+    out = tmp / "results"
+    written = agg.aggregate(study, runs=runs, out=out, log_to_mlflow=False)
+    return study, runs, truth, out, written
+
+
+def test_sensitivity_table_by_hand(grid):
+    study, runs, truth, out, written = grid
+    assert {"sensitivity.csv", "plots/sensitivity.png"} <= set(written)
+    sens = pd.read_csv(out / "sensitivity.csv")
+    variants = [v for v in GRID_EFFECTS if v != "kd"]
+    assert list(sens.variant) == variants and set(sens.method) == {"freq"} and set(sens.teacher) == {"segformer_b2"}
+    assert list(sens.swept) == ["freq.high=kd; freq.ratio=0.1", "freq.high=kd; freq.ratio=0.2",
+                                "freq.high=none; freq.ratio=0.1", "freq.high=none; freq.ratio=0.2"]
+    pairs = [(s, f) for s in study.seeds for f in study.folds]
+    base = np.array([pct(truth, ("none", "baseline", s, f), "mIoU") for s, f in pairs])
+    p = {}
+    for method in GRID_EFFECTS:  # Holm runs over every method and variant of the teacher, kd included
+        a = np.array([pct(truth, ("segformer_b2", method, s, f), "mIoU") for s, f in pairs])
+        p[method] = sps.ttest_rel(a, base).pvalue
+    adjusted = dict(zip(p, holm_by_hand(list(p.values()))))
+    for row in sens.itertuples():
+        per_seed = [np.mean([pct(truth, ("segformer_b2", row.variant, s, f), "mIoU") for f in study.folds])
+                    for s in study.seeds]
+        lo, hi = DescrStatsW(np.array(per_seed)).tconfint_mean(alpha=0.05)
+        assert row.n_seeds == 3 and row.n_pairs == 6
+        assert row.mIoU_mean == pytest.approx(np.mean(per_seed), abs=5e-4)
+        assert (row.ci_low, row.ci_high) == pytest.approx((lo, hi), abs=5e-4)
+        d = np.array([pct(truth, ("segformer_b2", row.variant, s, f), "mIoU") for s, f in pairs]) - base
+        assert row.delta == pytest.approx(d.mean(), abs=5e-4)
+        assert row.p_t_holm == pytest.approx(adjusted[row.variant], rel=1e-3)
+    tests = pd.read_csv(out / "paired_tests.csv")
+    assert list(tests.method) == list(GRID_EFFECTS)
+    assert list(tests.p_t_holm) == pytest.approx([adjusted[m] for m in GRID_EFFECTS], rel=1e-3)
+
+
+def test_sensitivity_figure_and_report(grid):
+    study, runs, truth, out, _ = grid
+    summary = pd.read_csv(out / "summary.csv", keep_default_na=False, na_values=[""])
+    sens = pd.read_csv(out / "sensitivity.csv")
+    fig = plots.sensitivity.__wrapped__(sens, study.variants, summary)
+    high, ratio = fig.axes
+    assert [t.get_text() for t in ratio.get_xticklabels()] == ["0.1", "0.2"]
+    assert [t.get_text() for t in high.get_xticklabels()] == ["kd", "none"]
+    mean = dict(zip(sens.variant, sens.mIoU_mean))
+    lines = {c.get_label(): c.lines[0].get_ydata() for c in ratio.containers}
+    assert set(lines) == {"high=kd", "high=none"}
+    assert list(lines["high=none"]) == pytest.approx([mean["freq-high=none-ratio=0.1"],
+                                                      mean["freq-high=none-ratio=0.2"]])
+    lines = {c.get_label(): c.lines[0].get_ydata() for c in high.containers}
+    assert list(lines["ratio=0.2"]) == pytest.approx([mean["freq-high=kd-ratio=0.2"], mean["freq-high=none-ratio=0.2"]])
+    base = summary[summary.method == "baseline"].iloc[0]
+    assert base.mIoU_mean in [line.get_ydata()[0] for line in high.lines]  # the baseline's mean line
+    report = (out / "report.md").read_text()
+    assert "## Sensitivity to the swept options" in report and "](plots/sensitivity.png)" in report
+    assert "| variant | high | ratio | seeds | mIoU mean |" in report
+    assert f"| freq-high=kd-ratio=0.2 | kd | 0.2 | 3 | {mean['freq-high=kd-ratio=0.2']:.3f} |" in report
+
+
+def test_sensitivity_outputs_only_with_a_grid_and_rerun_is_identical(grid, tmp_path):
+    study, runs, truth, out, _ = grid
+    copy = tmp_path / "results"
+    shutil.copytree(out, copy)
+    agg.aggregate(study, runs=runs, out=copy, log_to_mlflow=False)
+    assert hashes(copy) == hashes(out)
+    plain = Study(validate(make_params(methods={"kd": GRID["kd"]}, teachers=["segformer_b2"])))
+    written = agg.aggregate(plain, runs=runs, out=copy, log_to_mlflow=False)
+    assert not {"sensitivity.csv", "plots/sensitivity.png"} & set(written)
+    assert not (copy / "sensitivity.csv").exists() and not (copy / "plots" / "sensitivity.png").exists()
+    assert "Sensitivity" not in (copy / "report.md").read_text()

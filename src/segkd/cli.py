@@ -1,4 +1,4 @@
-"""`segkd` command line: one subcommand per workflow step (prepare, split, train, evaluate, aggregate).
+"""`segkd` command line: one subcommand per workflow step (prepare, split, train, evaluate, aggregate, bands).
 
 Each subcommand imports its implementation lazily, so `segkd --help` stays fast and a step pays
 only for what it uses. Errors in user input (bad params, missing files) print one clear line and
@@ -95,6 +95,16 @@ def cmd_aggregate(args) -> None:
     aggregate(_study(args), runs=Path(args.runs), out=Path(args.out), allow_missing=args.allow_missing)
 
 
+def cmd_bands(args) -> None:
+    from segkd.report.bands import bands
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    print(bands(args.run, images=args.images, out=args.out))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segkd", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -155,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs", default="runs")
     sp.add_argument("--out", default="results")
     sp.add_argument("--allow-missing", action="store_true", help="report missing runs instead of failing")
+
+    sp = add("bands", cmd_bands, "draw a frequency-distilled student's bands against its teacher's",
+             "For the first few test images of a student run's fold, draw the teacher's decoder feature and "
+             "the student's (through the freq term's adapter) as their first principal component, their low "
+             "and high bands, and the band difference maps; save a PNG and log it to the run's MLflow run. "
+             "Needs a finished student run whose method has a freq term, and its teacher's checkpoint.")
+    sp.add_argument("--run", required=True,
+                    help="student run directory (runs/students/<teacher>/<method>/seed<s>/fold<f>)")
+    sp.add_argument("--images", type=int, default=3, help="test images shown (default: %(default)s)")
+    sp.add_argument("--out", help="PNG file (default: <run>/bands.png)")
+    sp.add_argument("--threads", type=int, help="torch CPU threads")
     return p
 
 

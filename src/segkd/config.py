@@ -18,6 +18,7 @@ import jsonschema
 import yaml
 
 from segkd.errors import UserError
+from segkd.sweep import Variant, expand
 
 STUDENT_ROLE, TEACHER_ROLE = "student", "teacher"
 BASELINE = "baseline"
@@ -63,11 +64,11 @@ def validate(raw: dict) -> dict:
         raise ConfigError("dataset.root: required for the camvid dataset (folder in the SegNet layout)")
     from segkd.distill.registry import check_terms  # unknown losses and options fail here, before any job
 
-    for method, terms in params["methods"].items():
-        try:
-            check_terms(terms, where=f"methods.{method}")
-        except UserError as err:
-            raise ConfigError(str(err)) from None
+    try:  # every variant of a grid, so a bad value anywhere in a list is named before any job runs
+        for variant in expand(params["methods"]).values():
+            check_terms(variant.terms, where=f"methods.{variant.method}")
+    except UserError as err:
+        raise ConfigError(str(err)) from None
     return params
 
 
@@ -106,8 +107,14 @@ class Study:
         return list(self.params["models"]["teachers"])
 
     @property
+    def variants(self) -> dict[str, Variant]:
+        """Runnable methods by name, grids expanded (see segkd.sweep)."""
+        return expand(self.params["methods"])
+
+    @property
     def methods(self) -> dict[str, dict]:
-        return self.params["methods"]
+        """Runnable method name -> its terms (single values; a grid's variants appear one by one)."""
+        return {name: v.terms for name, v in self.variants.items()}
 
     @property
     def seeds(self) -> list[int]:

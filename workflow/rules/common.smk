@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from segkd import layout
 from segkd.config import Study, spec_json
 from segkd.config import validate as validate_study
+from segkd.sweep import NAME_PATTERN
 
 # segkd's own check first: its errors name the key (train.lr: ...); then Snakemake's, on the same schema.
 STUDY = Study(validate_study(config))
@@ -20,7 +21,7 @@ wildcard_constraints:
     teacher=r"segformer_b[0-5]",
     fold=r"\d+",
     seed=r"\d+",
-    method=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    method=NAME_PATTERN,  # method and grid variant names (freq-high=kd-ratio=0.1)
 
 
 def sources(*modules):
@@ -33,7 +34,7 @@ SPLIT_CODE = sources("data/folds", "data/prepare")
 TRAIN_CODE = sources(
     "data/prepare", "data/folds", "data/augment",
     "models/__init__", "models/segformer", "models/weights",
-    "engine/train", "engine/batches", "engine/checkpoint", "engine/evaluate", "engine/metrics", "engine/optim",
+    "engine/train", "engine/allocator", "engine/batches", "engine/checkpoint", "engine/evaluate", "engine/metrics", "engine/optim",
     "tracking", "report/plots",
 )
 DISTILL_CODE = [str(p) for p in sorted(Path("src/segkd/distill").glob("*.py"))]
@@ -49,6 +50,7 @@ def student_dir(teacher, method, seed, fold):
 
 
 def all_run_dirs():
+    """Every run of the study; STUDY.methods lists each variant of a grid as a method of its own."""
     runs = [teacher_dir(t, f) for t in STUDY.teachers for f in STUDY.folds]
     runs += [student_dir("none", "baseline", s, f) for s in STUDY.seeds for f in STUDY.folds]
     runs += [

@@ -1,15 +1,46 @@
-# Aggregation: every run's metrics.json -> tables, statistics, plots, report.md and summary.json.
+# Aggregation: every run's metrics.json -> tables, statistics, plots, report.md and summary.json;
+# and the band figure of each frequency-distilled method (first seed, first fold).
+
+GRID = any(v.swept for v in STUDY.variants.values())  # a method grid adds the sensitivity figure
+FREQ_VARIANTS = [
+    name for name, v in STUDY.variants.items()
+    if any(options.get("loss", term) == "freq" for term, options in v.terms.items())
+]
+BAND_FIGURES = [f"results/bands/{t}/{m}.png" for t in STUDY.teachers for m in FREQ_VARIANTS]
+BANDS_CODE = list(dict.fromkeys(TRAIN_CODE + DISTILL_CODE + sources("report/bands")))
+
+
+rule bands:
+    input:
+        metrics=lambda wc: f"{student_dir(wc.teacher, wc.method, STUDY.seeds[0], STUDY.folds[0])}/metrics.json",
+        code=BANDS_CODE,
+    output:
+        "results/bands/{teacher}/{method}.png",
+    params:
+        run=lambda wc: student_dir(wc.teacher, wc.method, STUDY.seeds[0], STUDY.folds[0]),
+    log:
+        "logs/bands/{teacher}/{method}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    shell:
+        "segkd bands --run {params.run} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule aggregate:
     input:
         metrics=[f"{d}/metrics.json" for d in all_run_dirs()],
         code=REPORT_CODE,
+        bands=BAND_FIGURES,  # not read: `snakemake aggregate` (rule all, DVC's report stage) draws them too
     output:
         runs="results/runs.csv",
         report="results/report.md",
         summary="results/summary.json",
-        plots=expand("results/plots/{plot}.png", plot=["miou", "class_deltas", "loss"]),
+        plots=expand(
+            "results/plots/{plot}.png",
+            plot=["miou", "class_deltas", "loss"] + (["sensitivity"] if GRID else []),
+        ),
     params:
         study=json.dumps(STUDY.params, sort_keys=True),
     log:

@@ -1,14 +1,15 @@
-# Training: a teacher per (teacher, fold); a student per (teacher, method, seed, fold); the no-KD
-# baseline per (seed, fold). Each job's hyperparameters are its run spec, passed through params:
-# so that changing one method's weight re-runs only that method's jobs.
+# Training: a teacher per (teacher, fold); a student per (teacher, method, seed, fold), each variant of
+# a method grid being a method of its own (segkd.sweep); the no-KD baseline per (seed, fold). Each
+# job's hyperparameters are its run spec, passed through params: so that changing one method's weight
+# re-runs only that method's jobs, and growing a grid runs only the new variants.
 
 TRAIN_INPUT = dict(
     manifest=rules.prepare.output.manifest,
     folds=FOLDS_FILE,
     code=TRAIN_CODE,
 )
-TRAIN_CMD = (
-    "segkd train --spec {params.spec:q} --out {params.out} --threads {threads} > {log} 2>&1"
+TRAIN_CMD = (  # paths quoted: variant names hold '=' (freq-high=kd-ratio=0.1)
+    "segkd train --spec {params.spec:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
 )
 
 

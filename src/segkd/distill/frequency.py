@@ -1,187 +1,257 @@
-"""Frequency-band distillation on the decoder feature (segkd's method).
+"""Frequency-band distillation (segkd's method).
 
-The decoder feature x (B, E, H/4, W/4; after linear_fuse, before dropout) is split into a low
-and a high band, x = low + high. The low band carries the layout of the scene (which the teacher
-knows better); the high band carries edges and texture, where a small student mostly copies noise.
-The student's feature first goes through a learned 1x1 adapter to the teacher's width (as in FitNet).
+A feature map x (option `tap`: the decoder feature by default) is split into a low and a high
+band, x = low + high (option `band`, see `segkd.distill.bands`). The low band carries the layout
+of the scene (which the teacher knows better); the high band carries edges and texture, where a
+small student mostly copies noise. The student's map first goes through a learned 1x1 adapter A
+to the teacher's width (as in FitNet); logits need none (same class count).
 
-    loss = MSE(low_s, low_t) + high term,   high term = MSE(high_s, high_t)  (high: kd)
-                                                       = mean |high_s|        (high: regularize, default)
-                                                       = 0                    (high: none)
+    loss = low_weight * MSE(low(A s), low(t)) + high_weight * high term
+    high term = mean |high(s)|                          (high: regularize, default)
+              = MSE(high(A s), high(t))                 (high: kd)
+              = MSE(|F high(A s)|, |F high(t)|)         (high: amplitude)
+              = 0                                       (high: none)
 
-MSE is the mean over (B, E, H, W); the term weight (lambda, default 0.1) multiplies the sum.
-Band splits are linear, so with `kd` and `none` the loss splits the difference x_s - x_t once
-(low(x_s) - low(x_t) = low(x_s - x_t)) instead of each map.
+MSE is the mean over (B, E, H, W) of the full maps at the teacher's width E; the term weight
+(lambda, default 0.1) multiplies the whole loss.
 
-Band splits are classes with ``split(x) -> (low, high)`` registered in `BANDS` (option `band`).
-Implemented: ``box``, an ideal separable low-pass in the 2-D FFT domain,
-low = real(ifft2(mask * fft2(x))), high = x - low, with a binary mask symmetric about DC
-(computed as the equivalent real projection, see `BoxFFTSplit`).
-Radial, Gaussian, Butterworth or DCT splits are further `BandSplit` subclasses.
+* ``regularize`` is an L1 penalty on the student's *own* high band, at the student's width, before
+  the adapter (mean over (B, E_s, H, W)): the adapter only exists to compare with the teacher, and
+  the penalty smooths the student's feature, not a learned image of it.
+* ``amplitude`` matches only the amplitude spectrum of the high band, phase-free: F is the
+  orthonormal 2-D DFT per map (``norm='ortho'``), so by Parseval the term is at most the ``kd``
+  term, equal when the phases agree; with the DFT bands (all but ``dct``) it ignores circular
+  shifts of either map.
+* ``standardize: true`` replaces each model's map by its per-channel standardisation before
+  anything else (the two models' feature scales differ): x' = (x - mean_c) / sqrt(var_c + 1e-5),
+  mean and biased variance of channel c over (B, H, W) of the batch, at each model's own width
+  (the student's before the adapter). The student's statistics carry gradients (as in batch
+  norm); the teacher's are constants. With batch 1 this removes every channel's image mean (DC).
 
-Meaning of `ratio` (``ratio_mode: axis``, default): the kept fraction of each frequency axis.
-On an axis of n samples the frequencies are k/n cycles per pixel, k = -floor(n/2) .. ceil(n/2)-1;
-the mask keeps |k/n| <= ratio/2, i.e. |k| <= r = floor(ratio * n / 2): DC plus r frequencies on
-each side, 2r + 1 bins (at most n). The count is always odd, so the mask is its own mirror
-image about DC (m[k] = m[-k mod n]) for odd and even n; for even n the Nyquist bin (k = -n/2,
-its own mirror) is kept only at ratio = 1. Example: ratio 0.2 on 24 x 32 keeps 5 x 7 bins
-(r = 2 and 3). ``ratio_mode: area``: the box covers the fraction `ratio` of the 2-D spectrum's
-area, i.e. each axis keeps the fraction sqrt(ratio) as above.
+Cost. A commutes with any spatial linear split (low(A s) = A low(s)), and ``box``, ``dct`` and
+``radial`` are orthogonal projections with orthonormal coefficients C (5 x 7 instead of 24 x 32
+at ratio 0.2), so ||low(A s) - low(t)||^2 = ||A C(s) + b C(1) - C(t)||^2 exactly: with
+``regularize`` and ``none`` the adapter runs on the coefficients only (B0 -> B2, batch 8, 24 x 32,
+one CPU thread: about 25 ms forward and backward, against 0.3 s with the adapter on the full map).
+``kd``, ``amplitude`` and the ``gaussian`` / ``butterworth`` bands (not projections) need the
+adapted full map, as FitNet does, and cost 0.2 - 0.5 s there; ``standardize`` adds about 15 ms.
 """
 
 from __future__ import annotations
 
-import math
-from abc import ABC, abstractmethod
-
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from segkd.distill.feature import adapter, check_adapter, check_same_map
+from segkd.distill.bands import (  # noqa: F401  (re-exported)
+    BANDS,
+    FOURIER_BANDS,
+    RATIO_MODES,
+    BandSplit,
+    BoxFFTSplit,
+    ProjectionSplit,
+    box_mask,
+    fourier_basis,
+    kept_radius,
+)
+from segkd.distill.feature import adapter as make_adapter
 from segkd.distill.registry import DistillLoss, register
 
-RATIO_MODES = ("axis", "area")
-HIGH_MODES = ("regularize", "kd", "none")
+HIGH_MODES = ("regularize", "kd", "amplitude", "none")
+#: option `tap` -> SegOutput field
+FREQ_TAPS = {"decoder": "decoder", "stage1": "stages", "stage2": "stages", "stage3": "stages",
+             "stage4": "stages", "logits": "logits"}
 
 
-class BandSplit(ABC):
-    """A linear split x = low + high of (..., H, W) maps, computed in float32 with autocast off."""
-
-    @abstractmethod
-    def low(self, x: torch.Tensor) -> torch.Tensor:
-        """The low band of x, float32, same shape."""
-
-    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(low, high) with high = x - low (float32)."""
-        with torch.autocast(x.device.type, enabled=False):
-            x = x.float()
-            low = self.low(x)
-            return low, x - low
+def standardized(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """(x - mean_c) / sqrt(var_c + eps), statistics per channel over (B, H, W), biased variance:
+    batch norm in training mode without affine parameters or running statistics (its fused
+    kernels are several times faster than var_mean and autograd here)."""
+    return F.batch_norm(x, None, None, training=True, eps=eps)
 
 
-def kept_radius(n: int, axis_ratio: float) -> int:
-    """r such that |k| <= r is kept on an axis of n bins: floor(axis_ratio * n / 2), at most n // 2."""
-    return min(n // 2, math.floor(axis_ratio * n / 2 + 1e-9))
+def mean_of(x: torch.Tensor) -> torch.Tensor:
+    """x.sum() / x.numel(): unlike x.mean(), its gradient stays a broadcast scalar, so the backward
+    pass of a channels-last map stays channels-last (no layout copies)."""
+    return x.sum() / x.numel()
 
 
-def box_mask(h: int, w: int, axis_ratio: float, device=None) -> torch.Tensor:
-    """(h, w) float32 0/1 mask in FFT order (DC at [0, 0], low frequencies in the corners)."""
-    def axis(n: int) -> torch.Tensor:
-        k = torch.arange(n, device=device)
-        return (torch.minimum(k, n - k) <= kept_radius(n, axis_ratio)).float()
-
-    return axis(h)[:, None] * axis(w)[None, :]
+def amplitude_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over all entries of (|F x| - |F y|)^2, F the orthonormal 2-D DFT of each map."""
+    amplitude = lambda m: torch.fft.fft2(m, norm="ortho").abs()  # noqa: E731
+    return mean_of((amplitude(x) - amplitude(y)).pow(2))
 
 
-def fourier_basis(n: int, r: int, device=None) -> torch.Tensor:
-    """(n, 2r+1 or n) float32 orthonormal real basis of the DFT modes |k| <= r on n samples.
+def spectral_terms(a: torch.Tensor, t: torch.Tensor, mask: torch.Tensor, high: str):
+    """(low term, kd or amplitude term) for a band that is a gain g on the DFT, from rfft2 only.
 
-    Columns: 1/sqrt(n); sqrt(2/n) cos(2 pi k j / n) and sqrt(2/n) sin(2 pi k j / n) for k = 1..r
-    (k < n/2); for even n with r = n/2 also the Nyquist mode (-1)^j / sqrt(n).
+    F orthonormal: F low(x) = g F x and F high(x) = (1 - g) F x with 0 <= g <= 1, so
+    ||low(a) - low(t)||^2 = sum g^2 |F(a - t)|^2, ||high(a) - high(t)||^2 = sum (1 - g)^2 |F(a - t)|^2
+    and the amplitude term is sum (1 - g)^2 (|F a| - |F t|)^2. rfft2 keeps one bin of each mirror
+    pair (k, -k), which counts twice, except in column 0 and (even widths) column w/2.
     """
-    j = torch.arange(n, dtype=torch.float64)
-    k = torch.arange(1, min(r, (n - 1) // 2) + 1, dtype=torch.float64)
-    angle = 2 * math.pi * j[:, None] * k[None, :] / n
-    columns = [torch.full((n, 1), 1 / math.sqrt(n), dtype=torch.float64),
-               math.sqrt(2 / n) * torch.cos(angle), math.sqrt(2 / n) * torch.sin(angle)]
-    if n % 2 == 0 and r >= n // 2:
-        columns.append(((-1.0) ** j)[:, None] / math.sqrt(n))
-    return torch.cat(columns, dim=1).to(device=device, dtype=torch.float32)
+    w = a.shape[-1]
+    g = mask[:, : w // 2 + 1]
+    pairs = torch.full((w // 2 + 1,), 2.0, device=a.device)
+    pairs[0] = 1.0
+    if w % 2 == 0:
+        pairs[-1] = 1.0
+    total = lambda weight, x: (pairs * weight * x).sum() / t.numel()  # noqa: E731
+    if high == "amplitude":
+        fa, ft = torch.fft.rfft2(a, norm="ortho"), torch.fft.rfft2(t, norm="ortho")
+        power = torch.view_as_real(fa - ft).square().sum(-1)
+        return total(g.square(), power), total((1 - g).square(), (fa.abs() - ft.abs()).square())
+    power = torch.view_as_real(torch.fft.rfft2(a - t, norm="ortho")).square().sum(-1)
+    return total(g.square(), power), total((1 - g).square(), power)
 
 
-class BoxFFTSplit(BandSplit):
-    """Ideal box low-pass: low = real(ifft2(mask * fft2(x))) with the symmetric `box_mask`.
-
-    Computed exactly, without complex numbers, as low = U_h (U_h^T x U_w) U_w^T. Why this is the
-    same operator: the mask is separable, m = m_h (x) m_w, and fft2 is a 1-D DFT along each axis,
-    so ifft2(m * fft2(x)) = P_h x P_w^T with P = F^-1 diag(m) F, the orthogonal projection onto
-    the kept modes e^{2 pi i k j / n}, |k| <= r. That set is closed under k -> -k (the mask is
-    symmetric about DC), so the span has the real orthonormal basis U of `fourier_basis` and
-    P = U U^T: real, hence the imaginary part is exactly zero. Cost per map: O(HW (k_h + k_w))
-    multiply-adds for k = 2r+1 kept modes, e.g. 5 x 7 of 24 x 32, against O(HW log HW) complex
-    work for the FFT pair. The projection runs in float32 with autocast off (exact float32 unless
-    TF32 matmuls are switched on globally, torch.backends.cuda.matmul.allow_tf32, off by default);
-    bases (and the mask, which states the definition) are cached per (H, W, device).
-    """
-
-    def __init__(self, ratio: float, ratio_mode: str = "axis"):
-        self.ratio, self.ratio_mode = ratio, ratio_mode
-        self.axis_ratio = ratio if ratio_mode == "axis" else math.sqrt(ratio)
-        self._masks: dict[tuple[int, int, torch.device], torch.Tensor] = {}
-        self._bases: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def mask(self, h: int, w: int, device) -> torch.Tensor:
-        """Full (h, w) mask in FFT order, cached."""
-        key = (h, w, torch.device(device))
-        if key not in self._masks:
-            self._masks[key] = box_mask(h, w, self.axis_ratio, device)
-        return self._masks[key]
-
-    def bases(self, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U_h, U_w): orthonormal real bases of the kept rows and columns of the mask, cached."""
-        key = (h, w, torch.device(device))
-        if key not in self._bases:
-            self._bases[key] = tuple(fourier_basis(n, kept_radius(n, self.axis_ratio), device)
-                                     for n in (h, w))
-        return self._bases[key]
-
-    def low(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            x = x.float()
-            u_h, u_w = self.bases(*x.shape[-2:], x.device)
-            return u_h @ (u_h.mT @ x @ u_w) @ u_w.mT
+def adapt_map(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for the 1x1 adapter, as one matrix product over channels (faster than the CPU conv)."""
+    return F.linear(x.movedim(1, -1), conv.weight.flatten(1), conv.bias).movedim(-1, 1)
 
 
-#: option `band` -> split class, built as cls(ratio, ratio_mode)
-BANDS: dict[str, type[BandSplit]] = {"box": BoxFFTSplit}
+def adapt_coefficients(conv: nn.Conv2d, c: torch.Tensor, c_one: torch.Tensor) -> torch.Tensor:
+    """C(A s) from c = C(s): W c + b C(1), for coefficients (B, E_s, ...) and C(1) = C(ones)."""
+    out = F.linear(c.movedim(1, -1), conv.weight.flatten(1)) + c_one[..., None] * conv.bias
+    return out.movedim(-1, 1)
 
 
-def band_loss(student: torch.Tensor, teacher: torch.Tensor, band: BandSplit, high: str) -> torch.Tensor:
-    """MSE(low_s, low_t) + high term (see the module docstring), float32.
+class HighBandL1(torch.autograd.Function):
+    """mean |x - synthesis(c)| for c = coefficients(x) of a projection band (the regulariser), with
+    gradients for x and c. Written by hand because at decoder size the cost is memory traffic: one
+    full-size buffer forward and one backward, against autograd's chain (sub, abs, sign, mul, neg)."""
 
-    Uses linearity to transform as little as possible: with the regulariser, low_t = low(t) has no
-    gradient; otherwise the bands of the difference s - t give both MSEs in one split.
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, c: torch.Tensor, band: ProjectionSplit) -> torch.Tensor:
+        neg_high = band.synthesis(c, x.shape[-2:]).sub_(x)  # low - x, in synthesis's own buffer
+        value = torch.linalg.vector_norm(neg_high, 1) / x.numel()
+        ctx.band = band
+        ctx.save_for_backward(neg_high.sign_())
+        return value
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (neg_sign,) = ctx.saved_tensors
+        grad_x = neg_sign * (-grad / neg_sign.numel())  # sign(high) / N
+        return grad_x, -ctx.band.coefficients(grad_x), None  # synthesis' adjoint is `coefficients`
+
+
+def band_loss(student: torch.Tensor, teacher: torch.Tensor, band: BandSplit, high: str, *,
+              adapter: nn.Conv2d | None = None, low_weight: float = 1.0, high_weight: float = 1.0,
+              standardize: bool = False) -> torch.Tensor:
+    """The loss of the module docstring in float32, for a student map (before `adapter`, which maps
+    its channels onto the teacher's; None if they already match) and a teacher map.
+
+    Transforms as little as possible: projection bands with ``regularize`` / ``none`` work on
+    coefficients (module docstring); ``gaussian`` / ``butterworth``, and ``amplitude`` on ``box`` /
+    ``radial``, get both terms from the spectrum (`spectral_terms`); otherwise the split of A s - t
+    (one split, the bands are linear), or of each map for ``amplitude`` on the DCT.
     """
     with torch.autocast(student.device.type, enabled=False):
         s, t = student.float(), teacher.detach().float()
-        check_same_map(s, t)
+        if standardize:
+            s, t = standardized(s), standardized(t)
+        width = adapter.out_channels if adapter is not None else s.shape[1]
+        if (s.shape[0], width, *s.shape[2:]) != t.shape:
+            raise ValueError(f"adapted student feature {(s.shape[0], width, *s.shape[2:])} and teacher "
+                             f"feature {tuple(t.shape)} differ")
+        if isinstance(band, ProjectionSplit) and high in ("regularize", "none"):
+            c_s, c_t = band.coefficients(s), band.coefficients(t)
+            c_adapted = c_s
+            if adapter is not None:
+                c_one = band.coefficients(torch.ones(t.shape[-2:], device=t.device))
+                c_adapted = adapt_coefficients(adapter, c_s, c_one)
+            low = (c_adapted - c_t).square().sum() / t.numel()
+            high_term = HighBandL1.apply(s, c_s, band) if high == "regularize" else 0.0
+            return low_weight * low + high_weight * high_term
+        a = adapt_map(adapter, s) if adapter is not None else s
+        if isinstance(band, FOURIER_BANDS) and (high == "amplitude" or not isinstance(band, ProjectionSplit)):
+            low, high_term = spectral_terms(a, t, band.mask(*t.shape[-2:], t.device), high)
+        elif high == "amplitude":  # dct
+            (low_a, high_a), (low_t, high_t) = band.split(a), band.split(t)
+            low, high_term = mean_of((low_a - low_t).square()), amplitude_mse(high_a, high_t)
+        else:  # kd on a projection: its split beats the FFT pair
+            low_d, high_d = band.split(a - t)
+            low, high_term = mean_of(low_d.square()), mean_of(high_d.square())
         if high == "regularize":
-            low_s, high_s = band.split(s)
-            return (low_s - band.low(t)).pow(2).mean() + high_s.abs().mean()
-        if high == "none":
-            return band.low(s - t).pow(2).mean()
-        low_d, high_d = band.split(s - t)
-        return low_d.pow(2).mean() + high_d.pow(2).mean()
+            high_term = mean_of((s - band.low(s)).abs())
+        elif high == "none":
+            high_term = 0.0
+        return low_weight * low + high_weight * high_term
 
 
 @register("freq")
 class FrequencyKD(DistillLoss):
-    """Frequency-band KD on the decoder feature (module docstring); term weight default 0.1.
+    """Frequency-band KD (module docstring); term weight default 0.1.
 
-    Options: ratio (0.2; in [0, 1]), ratio_mode (axis | area), high (regularize | kd | none),
-    band (box).
+    Options: ratio (0.2; in [0, 1]; its meaning per band in `segkd.distill.bands`), ratio_mode
+    (axis | area), band (box | radial | gaussian | butterworth | dct), order (2; Butterworth only,
+    > 0), high (regularize | kd | amplitude | none), low_weight and high_weight (1.0; >= 0),
+    standardize (false), tap (decoder | stage1 .. stage4 | logits).
+    Attributes: `band` (the split), `adapter` (1x1 conv, student -> teacher width; identity on
+    logits), `tap` (the option), `taps` (the SegOutput field it reads).
     """
 
     taps = frozenset({"decoder"})
     default_weight = 0.1
-    defaults = {"ratio": 0.2, "ratio_mode": "axis", "high": "regularize", "band": "box"}
+    defaults = {"ratio": 0.2, "ratio_mode": "axis", "high": "regularize", "band": "box", "order": 2.0,
+                "low_weight": 1.0, "high_weight": 1.0, "standardize": False, "tap": "decoder"}
 
-    def __init__(self, student_dims: dict, teacher_dims: dict, ratio: float = 0.2,
-                 ratio_mode: str = "axis", high: str = "regularize", band: str = "box"):
+    def __init__(self, student_dims: dict, teacher_dims: dict, ratio: float = 0.2, ratio_mode: str = "axis",
+                 high: str = "regularize", band: str = "box", order: float = 2.0, low_weight: float = 1.0,
+                 high_weight: float = 1.0, standardize: bool = False, tap: str = "decoder"):
         super().__init__()
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"option 'ratio': must be in [0, 1], got {ratio}")
-        for option, value, choices in (("ratio_mode", ratio_mode, RATIO_MODES),
-                                       ("high", high, HIGH_MODES), ("band", band, tuple(BANDS))):
+        for option, value, choices in (("ratio_mode", ratio_mode, RATIO_MODES), ("high", high, HIGH_MODES),
+                                       ("band", band, tuple(BANDS)), ("tap", tap, tuple(FREQ_TAPS))):
             if value not in choices:
                 raise ValueError(f"option {option!r}: expected one of {', '.join(choices)}, got {value!r}")
-        self.high = high
-        self.band = BANDS[band](ratio, ratio_mode)
+        if not order > 0:
+            raise ValueError(f"option 'order': must be > 0, got {order}")
+        if band != "butterworth" and order != self.defaults["order"]:
+            raise ValueError(f"option 'order': applies to band butterworth only, not {band!r}")
+        for option, value in (("low_weight", low_weight), ("high_weight", high_weight)):
+            if not value >= 0:
+                raise ValueError(f"option {option!r}: must be >= 0, got {value}")
+        self.high, self.standardize = high, standardize
+        self.low_weight, self.high_weight = low_weight, high_weight
+        extra = {"order": order} if band == "butterworth" else {}
+        self.band = BANDS[band](ratio, ratio_mode, **extra)
+        self.tap = tap
+        self.taps = frozenset({FREQ_TAPS[tap]})
         super().check_dims(student_dims, teacher_dims)
-        self.adapter = adapter(student_dims["decoder"], teacher_dims["decoder"])
+        if tap == "logits":
+            self.adapter = nn.Identity()
+        else:
+            self.adapter = make_adapter(self.width(student_dims, "student"), self.width(teacher_dims, "teacher"))
+
+    def width(self, dims: dict, role: str) -> int:
+        """Channels of the tapped map in a model's feature dims (ValueError if it has no such stage)."""
+        if self.tap.startswith("stage"):
+            index = int(self.tap[-1]) - 1
+            if index >= len(dims["stages"]):
+                raise ValueError(f"option 'tap': {self.tap} needs encoder stage {index + 1}, but the {role} "
+                                 f"has {len(dims['stages'])} stages")
+            return dims["stages"][index]
+        return dims[self.tap]
 
     def check_dims(self, student_dims: dict, teacher_dims: dict) -> None:
         super().check_dims(student_dims, teacher_dims)
-        check_adapter(self.adapter, student_dims, teacher_dims)
+        if isinstance(self.adapter, nn.Conv2d):
+            want = (self.width(student_dims, "student"), self.width(teacher_dims, "teacher"))
+            if (self.adapter.in_channels, self.adapter.out_channels) != want:
+                raise ValueError(f"adapter maps {self.adapter.in_channels} -> {self.adapter.out_channels} "
+                                 f"channels, but the {self.tap} maps have {want[0]} (student) and {want[1]} "
+                                 f"(teacher)")
+
+    def feature(self, output) -> torch.Tensor:
+        """The tapped map of a SegOutput."""
+        if self.tap.startswith("stage"):
+            return output.stages[int(self.tap[-1]) - 1]
+        return getattr(output, self.tap)
 
     def forward(self, student, teacher, labels=None) -> torch.Tensor:
-        return band_loss(self.adapter(student.decoder), teacher.decoder, self.band, self.high)
+        adapter = self.adapter if isinstance(self.adapter, nn.Conv2d) else None
+        return band_loss(self.feature(student), self.feature(teacher), self.band, self.high, adapter=adapter,
+                         low_weight=self.low_weight, high_weight=self.high_weight, standardize=self.standardize)

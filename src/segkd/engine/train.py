@@ -26,6 +26,7 @@ from segkd.classes import IGNORE_INDEX, NUM_CLASSES
 from segkd.data.augment import Augment
 from segkd.distill.registry import build_distillation
 from segkd.engine import checkpoint as ckpt_io
+from segkd.engine.allocator import retain_freed_memory
 from segkd.engine.batches import BatchSampler, load_fold
 from segkd.engine.evaluate import autocast, evaluate, resolve_device, resolve_precision
 from segkd.engine.optim import create_optimizer, create_scheduler
@@ -87,6 +88,23 @@ def _tracker(spec: dict, run_id: str | None):
     return tracking.start_run_for(spec, run_id=run_id)
 
 
+def step_losses(model, x: torch.Tensor, y: torch.Tensor, precision: str, teacher=None, distill=None) -> dict:
+    """The loss terms of one training step (task cross-entropy, then each distillation term).
+
+    One autocast block for student, teacher and terms, so adapters see the student's dtypes. The frozen
+    teacher runs under inference mode: no autograd graph, no saved activations.
+    """
+    with autocast(x.device, precision):
+        s_out = model(x)
+        logits = F.interpolate(s_out.logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
+        terms = {"task": F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)}
+        if teacher is not None:
+            with torch.inference_mode():
+                t_out = teacher(x)
+            terms.update(distill(s_out, t_out, y))
+    return terms
+
+
 def train(spec: dict, out: str | Path) -> dict:
     """Run `spec` in directory `out` (resuming from its checkpoint if present); return the metrics."""
     out = Path(out)
@@ -96,6 +114,8 @@ def train(spec: dict, out: str | Path) -> dict:
     precision = resolve_precision(cfg["precision"], device)
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
+    if device.type == "cpu":
+        retain_freed_memory()
     name = f"{spec['role']}:{spec['model']}" + (f"/{spec['method']}/seed{spec['seed']}" if spec["role"] == "student" else "")
     name += f"/fold{spec['fold']}"
 
@@ -160,14 +180,7 @@ def train(spec: dict, out: str | Path) -> dict:
             labels = data.train_labels[idx].to(device, non_blocking=True)
             x, y = augment(images, labels, gen)
             x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):  # distillation adapters see the student's dtypes too
-                s_out = model(x)
-                logits = F.interpolate(s_out.logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
-                terms = {"task": F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)}
-                if teacher is not None:
-                    with torch.inference_mode():
-                        t_out = teacher(x)
-                    terms.update(distill(s_out, t_out, y))
+            terms = step_losses(model, x, y, precision, teacher, distill)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())

@@ -26,7 +26,9 @@ from segkd.report import markdown, plots, stats
 
 SHOWN_MISSING = 5  # missing runs named in the error message; the rest are counted
 PLOTS = "plots"  # the figures' folder inside `out` (a DVC output of its own)
-FIGURES = {"miou": f"{PLOTS}/miou.png", "class_deltas": f"{PLOTS}/class_deltas.png", "loss": f"{PLOTS}/loss.png"}
+FIGURES = {"miou": f"{PLOTS}/miou.png", "class_deltas": f"{PLOTS}/class_deltas.png", "loss": f"{PLOTS}/loss.png",
+           "sensitivity": f"{PLOTS}/sensitivity.png"}
+SENSITIVITY = "sensitivity.csv"  # written only when the study has a method grid, like its figure
 
 
 @dataclass(frozen=True)
@@ -183,7 +185,8 @@ def _log_to_mlflow(study: Study, paths: list[Path]) -> None:
 def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS, *,
               allow_missing: bool = False, log_to_mlflow: bool = True) -> dict[str, Path]:
     """Write runs.csv, per_class_{teacher}.md/.csv, summary.md/.csv/.json, paired_tests.csv,
-    class_deltas.csv, plots/*.png and report.md into `out`; returns {path relative to out: path}."""
+    class_deltas.csv, plots/*.png and report.md into `out`, and sensitivity.csv with
+    plots/sensitivity.png when a method has a grid; returns {path relative to out: path}."""
     runs, out = Path(runs), Path(out)
     table, history, missing = load_runs(study, runs, allow_missing)
     summary = stats.seed_summary(table)  # study order: the baseline, then each teacher's methods
@@ -191,6 +194,8 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
     deltas = stats.class_deltas(table)
     per_class = {t: stats.per_class_table(table, t, study.student) for t in study.teachers}
     curves = stats.loss_curves(history[history["role"] == STUDENT_ROLE])
+    variants = study.variants
+    sens = stats.sensitivity(summary, tests, variants, study.teachers)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -205,14 +210,18 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
         p_values = {p: ".4g" for p in tests.columns if p.startswith("p_")}
         _write_csv(tests, tmp / "paired_tests.csv", ".3f", p_values)
         _write_csv(deltas, tmp / "class_deltas.csv", ".2f")
+        if len(sens):
+            _write_csv(sens, tmp / SENSITIVITY, ".3f", {"p_t_holm": ".4g"})
         (tmp / PLOTS).mkdir()
         seeds = stats.students(stats.fold_means(table))
         drawn = {"miou": plots.miou(summary, seeds, path=tmp / FIGURES["miou"]),
                  "class_deltas": plots.class_deltas(deltas, path=tmp / FIGURES["class_deltas"]),
-                 "loss": plots.loss_curves(curves, path=tmp / FIGURES["loss"])}
+                 "loss": plots.loss_curves(curves, path=tmp / FIGURES["loss"]),
+                 "sensitivity": plots.sensitivity(sens, variants, summary, path=tmp / FIGURES["sensitivity"])}
         report = markdown.report(study, table, summary, tests, deltas, per_class,
                                  {k: FIGURES[k] for k, p in drawn.items() if p is not None},
-                                 missing=[p.as_posix() for p in missing], expected=len(expected_runs(study)))
+                                 missing=[p.as_posix() for p in missing], expected=len(expected_runs(study)),
+                                 sens=sens)
         _write_text(tmp / "report.md", report)
         (out / PLOTS).mkdir(parents=True, exist_ok=True)
         written = {}
@@ -220,7 +229,7 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
             name = f.relative_to(tmp).as_posix()
             os.replace(f, out / name)
             written[name] = out / name
-        for name in FIGURES.values():  # a figure this run could not draw must not survive from an earlier one
+        for name in [*FIGURES.values(), SENSITIVITY]:  # what this run did not write must not outlive it
             if name not in written:
                 (out / name).unlink(missing_ok=True)
     finally:

@@ -62,6 +62,28 @@ def tests_table(tests: pd.DataFrame) -> str:
     return table(shown, default="{:+.3f}")
 
 
+def sensitivity(sens: pd.DataFrame, variants: dict) -> str:
+    """One table per teacher and method grid: each variant's swept values, mIoU and Δ vs the baseline."""
+    from segkd.sweep import format_value
+
+    parts = []
+    for (teacher, method), rows in sens.groupby(["teacher", "method"], sort=False):
+        swept = [variants[name] for name in rows["variant"]]
+        several = len(swept[0].terms) > 1
+        shown = pd.DataFrame({"variant": rows["variant"]})
+        for key in swept[0].swept:
+            shown[key if several else key.split(".", 1)[1]] = [format_value(v.swept[key]) for v in swept]
+        shown["seeds"] = rows["n_seeds"].map(lambda n: "–" if pd.isna(n) else str(n))
+        shown["mIoU mean"] = rows["mIoU_mean"]
+        shown["95% t-interval"] = [_interval(lo, hi, 3) for lo, hi in zip(rows["ci_low"], rows["ci_high"])]
+        shown["Δ vs baseline"] = rows["delta"]
+        shown["95% CI of Δ"] = [_interval(lo, hi, 3) for lo, hi in zip(rows["delta_ci_low"], rows["delta_ci_high"])]
+        shown["p Holm (t)"] = rows["p_t_holm"].map(p_value)
+        parts.append(f"### Teacher {teacher}, method {method}\n\n"
+                     + table(shown, {"Δ vs baseline": "{:+.3f}"}, "{:.3f}"))
+    return "\n".join(parts)
+
+
 def findings(tests: pd.DataFrame) -> list[str]:
     """Which methods differ from the baseline at the 5% level (Holm-adjusted paired t-test), which way."""
     lines = []
@@ -96,8 +118,9 @@ def _wilcoxon_floor(tests: pd.DataFrame) -> str:
 
 def report(study, runs: pd.DataFrame, s: pd.DataFrame, tests: pd.DataFrame, deltas: pd.DataFrame,
            per_class_tables: dict[str, pd.DataFrame], figures: dict[str, str], missing: list[str],
-           expected: int) -> str:
+           expected: int, sens: pd.DataFrame | None = None) -> str:
     """results/report.md: findings first, then the tables and figures that support them."""
+    sens = pd.DataFrame() if sens is None else sens
     out = [f"# Study {study.name}: distilling {', '.join(study.teachers)} into {study.student}\n",
            f"{len(runs)} of {expected} expected runs; seeds {study.seeds}, folds {study.folds}; "
            f"methods compared with the no-KD baseline: {', '.join(study.methods)}. "
@@ -118,6 +141,15 @@ def report(study, runs: pd.DataFrame, s: pd.DataFrame, tests: pd.DataFrame, delt
             "Δ = method minus baseline mIoU (points), mean over (seed, fold) pairs, with its 95% t-interval; "
             "paired t-test and Wilcoxon signed-rank test, each Holm-adjusted across the methods of a "
             "teacher. " + _wilcoxon_floor(tests) + "\n", tests_table(tests)]
+    if len(sens):
+        out += ["## Sensitivity to the swept options\n",
+                "Each variant of a method grid is a method of its own above (its paired test is among those "
+                "Holm-adjusted for the teacher). Mean mIoU over seeds with its 95% t-interval against each "
+                "swept option, one line per value of the other swept options; the grey band is the "
+                "baseline's 95% t-interval around its mean (dashed).\n"]
+        if "sensitivity" in figures:
+            out.append(f"![mIoU against each swept option]({figures['sensitivity']})\n")
+        out.append(sensitivity(sens, study.variants))
     out.append("## Per-class IoU differences from the baseline\n")
     if "class_deltas" in figures:
         out.append(f"![Per-class IoU deltas]({figures['class_deltas']})\n")

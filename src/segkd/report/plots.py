@@ -1,4 +1,5 @@
-"""The report's figures: mIoU per method against the baseline band, per-class IoU deltas, loss curves.
+"""The report's figures: mIoU per method against the baseline band, per-class IoU deltas, loss curves,
+and the sensitivity of mIoU to each swept option of a method grid.
 
 Drawn on the Agg canvas under matplotlib's default style (a user's matplotlibrc cannot change them)
 and saved without the version stamp, so the same inputs give byte-identical PNGs.
@@ -25,7 +26,7 @@ STYLE = {"svg.hashsalt": "segkd", "font.size": 9, "axes.titlesize": 10, "axes.sp
 BASELINE_COLOUR = "0.35"
 
 
-def _deterministic(draw):
+def deterministic(draw):
     """Run `draw` under a fixed style; it returns a Figure (or None), which is saved to `path`."""
 
     @functools.wraps(draw)
@@ -41,28 +42,33 @@ def _deterministic(draw):
     return wrapper
 
 
+def _baseline_band(ax, summary: pd.DataFrame) -> None:
+    """The no-KD baseline's mean as a dashed line over its 95% t-interval as a grey band."""
+    base = summary[summary["method"] == BASELINE]
+    if len(base):
+        b = base.iloc[0]
+        if pd.notna(b.ci_low):
+            ax.axhspan(b.ci_low, b.ci_high, color="0.88", lw=0, label="baseline 95% CI")
+        ax.axhline(b.mIoU_mean, color=BASELINE_COLOUR, ls="--", lw=1, label="baseline mean")
+
+
 def _teachers(table: pd.DataFrame) -> list[str]:
     return [t for t in table["teacher"].unique() if t != NO_TEACHER]
 
 
-@_deterministic
+@deterministic
 def miou(summary: pd.DataFrame, seeds: pd.DataFrame) -> Figure | None:
     """Per teacher: each method's mean mIoU with its 95% t-interval and seed values; the baseline band."""
     teachers = _teachers(summary)
     if not teachers:
         return None
-    base = summary[summary["method"] == BASELINE]
     width = max(len(summary[summary["teacher"] == t]) for t in teachers)
     fig = Figure(figsize=(len(teachers) * (1.6 + 0.75 * width), 3.6))
     axes = fig.subplots(1, len(teachers), sharey=True, squeeze=False)[0]
     for ax, teacher in zip(axes, teachers):
         rows = summary[summary["teacher"] == teacher]
         x = np.arange(len(rows))
-        if len(base):
-            b = base.iloc[0]
-            if pd.notna(b.ci_low):
-                ax.axhspan(b.ci_low, b.ci_high, color="0.88", lw=0, label="baseline 95% CI")
-            ax.axhline(b.mIoU_mean, color=BASELINE_COLOUR, ls="--", lw=1, label="baseline mean")
+        _baseline_band(ax, summary)
         mean = rows["mIoU_mean"].to_numpy()
         err = np.nan_to_num(np.vstack([mean - rows["ci_low"], rows["ci_high"] - mean]))
         ax.errorbar(x, mean, yerr=err, fmt="o", color="C0", capsize=4, ms=6, label="mean, 95% t-interval")
@@ -82,7 +88,71 @@ def miou(summary: pd.DataFrame, seeds: pd.DataFrame) -> Figure | None:
     return fig
 
 
-@_deterministic
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@deterministic
+def sensitivity(table: pd.DataFrame, variants: dict, summary: pd.DataFrame) -> Figure | None:
+    """mIoU against each swept option of each grid (`stats.sensitivity`), a panel per teacher x method x
+    option: mean and 95% t-interval over seeds, one line per combination of the method's other swept
+    options, over the baseline band. Numbers sit on a numeric axis, strings and booleans on a
+    categorical one in grid order; lines are dodged sideways so their intervals do not hide each other.
+    """
+    if table.empty:
+        return None
+    from segkd.sweep import format_value
+
+    keys = {}
+    for v in variants.values():
+        if v.swept:
+            keys.setdefault(v.method, (list(v.swept), len(v.terms) > 1))
+    panels = [(m, key) for m in table["method"].unique() for key in keys[m][0]]
+    teachers = list(table["teacher"].unique())
+    fig = Figure(figsize=(5.4 * len(panels), 3.0 * len(teachers)), layout="constrained")
+    axes = fig.subplots(len(teachers), len(panels), sharey="row", squeeze=False)
+
+    def label(method: str, key: str) -> str:  # 'freq.ratio' -> 'ratio' when the method has one term
+        return key if keys[method][1] else key.split(".", 1)[1]
+
+    for row, teacher in zip(axes, teachers):
+        for ax, (method, key) in zip(row, panels):
+            rows = table[(table["teacher"] == teacher) & (table["method"] == method)]
+            swept = [variants[name].swept for name in rows["variant"]]
+            values = list(dict.fromkeys(sw[key] for sw in swept))
+            numeric = all(_is_number(v) for v in values)
+            span = (max(values) - min(values) or 1.0) if numeric else 1.0
+            others = [k for k in keys[method][0] if k != key]
+            lines = list(dict.fromkeys(tuple(sw[k] for k in others) for sw in swept))
+            _baseline_band(ax, summary)
+            for j, line in enumerate(lines):
+                points = [(sw[key], r) for sw, r in zip(swept, rows.itertuples())
+                          if tuple(sw[k] for k in others) == line]
+                if numeric:
+                    points.sort(key=lambda p: p[0])
+                x = np.array([v if numeric else values.index(v) for v, _ in points], dtype=float)
+                x += (j - (len(lines) - 1) / 2) * (0.02 * span if numeric else 0.08)
+                mean, lo, hi = (np.array([getattr(r, c) for _, r in points], dtype=float)
+                                for c in ("mIoU_mean", "ci_low", "ci_high"))
+                err = np.nan_to_num(np.vstack([mean - lo, hi - mean]))
+                name = ", ".join(f"{label(method, k)}={format_value(v)}" for k, v in zip(others, line))
+                ax.errorbar(x, mean, yerr=err, fmt="-o", color=f"C{j % 10}", capsize=3, ms=4, lw=1.2,
+                            label=name or "mean, 95% t-interval")
+            shown = sorted(values) if numeric else values
+            ax.set_xticks(shown if numeric else range(len(values)), [format_value(v) for v in shown])
+            if numeric:
+                ax.margins(x=0.12)
+            else:
+                ax.set_xlim(-0.5, len(values) - 0.5)
+            ax.set_xlabel(label(method, key))
+            ax.set_title(f"teacher {teacher}: {method}")
+            ax.grid(axis="y", color="0.92")
+            ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        row[0].set_ylabel("mIoU (%), mean over seeds")
+    return fig
+
+
+@deterministic
 def class_deltas(deltas: pd.DataFrame) -> Figure | None:
     """Heat map of (method - baseline) IoU per class and mIoU, in points, centred at zero."""
     if deltas.empty:
@@ -113,7 +183,7 @@ def class_deltas(deltas: pd.DataFrame) -> Figure | None:
     return fig
 
 
-@_deterministic
+@deterministic
 def loss_curves(curves: pd.DataFrame) -> Figure | None:
     """Per teacher: mean training loss of each student method vs iteration, with the baseline."""
     if curves.empty:
@@ -140,7 +210,7 @@ def loss_curves(curves: pd.DataFrame) -> Figure | None:
     return fig
 
 
-@_deterministic
+@deterministic
 def confusion_matrix(confusion, title: str = "") -> Figure:
     """A run's confusion matrix, rows normalised (recall per ground-truth class), for its MLflow run."""
     from segkd.classes import CLASS_NAMES

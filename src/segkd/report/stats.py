@@ -165,3 +165,37 @@ def loss_curves(history: pd.DataFrame) -> pd.DataFrame:
     """Mean training loss per (teacher, method, iteration) over the seeds and folds that logged it."""
     curves = history.groupby(["teacher", "method", "iteration"], sort=False)["loss"].mean().reset_index()
     return curves.sort_values("iteration", kind="stable")  # teachers and methods stay in study order
+
+
+def sensitivity(summary: pd.DataFrame, tests: pd.DataFrame, variants: dict, teachers: list[str]) -> pd.DataFrame:
+    """One row per (teacher, variant) of every method with a grid: what was swept, the variant's mean
+    mIoU with its 95% t-interval over seeds, and its paired difference from the baseline.
+
+    A view on `seed_summary` and `paired_tests`, so the Holm correction is the one over every method
+    and variant of the teacher; a variant without runs keeps its row with NaN.
+    """
+    from segkd.sweep import format_value
+
+    columns = ["teacher", "method", "variant", "swept", "n_seeds", "mIoU_mean", "ci_low", "ci_high",
+               "n_pairs", "delta", "delta_ci_low", "delta_ci_high", "p_t_holm"]
+    s = summary.set_index(["teacher", "method"])
+    t = tests.set_index(["teacher", "method"])
+    rows = []
+    for teacher in teachers:
+        for name, v in variants.items():
+            if not v.swept:
+                continue
+            row = {"teacher": teacher, "method": v.method, "variant": name,
+                   "swept": "; ".join(f"{k}={format_value(x)}" for k, x in v.swept.items())}
+            if (teacher, name) in s.index:
+                r = s.loc[(teacher, name)]
+                row.update(n_seeds=r["n_seeds"], mIoU_mean=r["mIoU_mean"], ci_low=r["ci_low"], ci_high=r["ci_high"])
+            if (teacher, name) in t.index:
+                r = t.loc[(teacher, name)]
+                row.update(n_pairs=r["n_pairs"], delta=r["delta"], delta_ci_low=r["ci_low"],
+                           delta_ci_high=r["ci_high"], p_t_holm=r["p_t_holm"])
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=columns)
+    for count in ("n_seeds", "n_pairs"):
+        table[count] = table[count].astype("Int64")
+    return table
