@@ -24,6 +24,7 @@ rule teacher:
         out=lambda wc: teacher_dir(wc.teacher, wc.fold),
     log:
         "logs/teachers/{teacher}/fold{fold}.log",
+    priority: 10  # on the critical path: every student of the fold waits for its teacher
     threads: 1
     resources:
         gpu=1,
