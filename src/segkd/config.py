@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -106,9 +107,9 @@ class Study:
     def teachers(self) -> list[str]:
         return list(self.params["models"]["teachers"])
 
-    @property
+    @cached_property
     def variants(self) -> dict[str, Variant]:
-        """Runnable methods by name, grids expanded (see segkd.sweep)."""
+        """Runnable methods by name, grids expanded (see segkd.sweep); expanded once per study."""
         return expand(self.params["methods"])
 
     @property
