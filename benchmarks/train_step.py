@@ -147,6 +147,25 @@ def flops(fn) -> int:
     return counter.get_total_flops()
 
 
+#: the kernels that carry the FLOPs FlopCounterMode counts on CPU (GEMM, convolution, attention)
+FLOP_KERNELS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::mkldnn_convolution",
+                "aten::_scaled_dot_product_flash_attention_for_cpu"}
+
+
+def kernel_fraction(fn, calls: int = 3) -> float:
+    """Share of fn's profiled CPU time spent inside FLOP_KERNELS (self times; the rest is elementwise
+    work, norms, copies and dispatch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+    events = prof.key_averages()
+    return sum(e.self_cpu_time_total for e in events if e.key in FLOP_KERNELS) / sum(
+        e.self_cpu_time_total for e in events)
+
+
 def matmul_peak(dtype: torch.dtype, seconds: float = 0.4) -> float:
     """Best achieved GFLOP/s of square matmuls of a few sizes: this machine's practical peak for dtype."""
     best = 0.0
@@ -221,9 +240,9 @@ def build_steps(h: int, w: int, only: str | None = None) -> tuple[dict, dict]:
         if wanted(name):
             steps[name] = hf_step(hf_model("b0").train(), hf_teacher, m, x, y)
     if only is None:
-        def teacher_forward():
+        def teacher_forward():  # as the freq step runs it: only the decoder feature its term reads
             with torch.inference_mode():
-                shared_teacher(xc)
+                shared_teacher(xc, taps={"decoder"})
 
         probes.update(teacher_forward=teacher_forward, plain=segkd_step(student(), shared_teacher, None, xc, y),
                       freq_term=freq_term_timer(student().eval(), shared_teacher, xc))
@@ -278,13 +297,19 @@ def bench_size(h: int, w: int, warmup: int, repeats: int) -> None:
         print(f"| {name} | {f / 1e9:.2f} | {t:.3f} | {f / t / 1e9:.1f} | {100 * f / t / 1e9 / PEAK['fp32']:.0f}% |")
     print(f"\nteacher forward: {100 * share_t:.0f}% of step time, {100 * share_f:.0f}% of step FLOPs "
           f"(time share / FLOP share = {share_t / share_f:.2f}, goal <= 1.2)")
+    kernels = kernel_fraction(probes["teacher_forward"])
+    t_kernels = kernels * teacher_in_step
+    bound = t_kernels / (med["segkd freq"] - teacher_in_step + t_kernels) / share_f
+    print(f"teacher forward, profiled: {100 * kernels:.0f}% of its time in GEMM / convolution / attention "
+          f"kernels ({f_teacher / t_kernels / 1e9:.1f} GFLOP/s there); with every other op of the teacher "
+          f"free, time share / FLOP share would be {bound:.2f}")
     print(f"freq term forward+backward: {1000 * med['freq term']:.1f} ms = "
           f"{100 * med['freq term'] / med['segkd freq']:.1f}% of the freq step (goal <= 3%)")
 
 
 # ---------------------------------------------------------------- levers, each against the shipped step
 def lever_step(student, teacher, terms, x, y, *, precision="fp32", teacher_precision=None, grad_mode="inference",
-               optimizer="fused", kd_full_resolution=False, threads=None):
+               optimizer="fused", kd_full_resolution=False, threads=None, all_taps=False):
     """A distillation step like `step_losses` with one knob turned (the shipped step has the defaults)."""
     distill = build_distillation(terms, student.feature_dims, teacher.feature_dims)
     if optimizer == "fused":
@@ -302,7 +327,7 @@ def lever_step(student, teacher, terms, x, y, *, precision="fp32", teacher_preci
             logits = F.interpolate(s_out.logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
             loss = F.cross_entropy(logits.float(), y, ignore_index=255)
             with teacher_ctx(), autocast(x.device, teacher_precision or precision):
-                t_out = teacher(x)
+                t_out = teacher(x, taps=None if all_taps else distill.taps)
             if kd_full_resolution:  # the KL at label resolution, both logits upsampled first
                 t_logits = F.interpolate(t_out.logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
                 loss = loss + 0.01 * F.kl_div(F.log_softmax(logits.float(), 1), F.softmax(t_logits.float(), 1),
@@ -342,6 +367,7 @@ def bench_levers(h: int, w: int, warmup: int, repeats: int, compile_teacher: boo
         "contiguous NCHW instead of channels_last": lever_step(student(False), teacher(False), freq, x, y),
         "teacher under no_grad instead of inference_mode": lever_step(student(), t_cl, freq, xc, y, grad_mode="no_grad"),
         "teacher folds its head every pass (no cache)": lever_step(student(), unfolded, freq, xc, y),
+        "teacher computes every tap (its logits too)": lever_step(student(), t_cl, freq, xc, y, all_taps=True),
         "AdamW foreach instead of fused": lever_step(student(), t_cl, freq, xc, y, optimizer="foreach"),
         "AdamW for-loop instead of fused": lever_step(student(), t_cl, freq, xc, y, optimizer="loop"),
         "teacher in bf16 autocast": lever_step(student(), t_cl, freq, xc, y, teacher_precision="bf16"),

@@ -87,9 +87,11 @@ def test_folded_head_equals_reference_head(b0):
     torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-4)
 
 
-def test_folded_head_gradients_equal_reference(b0):
+@pytest.mark.parametrize("mode", ["train", "eval"])  # eval: the BatchNorm is folded into the projections
+def test_folded_head_gradients_equal_reference(b0, mode):
     """Same function, same parameters: same gradients (in float64, where rounding cannot hide a slip)."""
-    head = copy.deepcopy(b0.decode_head).double().train()
+    randomise_norms(b0)
+    head = copy.deepcopy(b0.decode_head).double().train(mode == "train")
     with torch.no_grad():
         stages = [s.double() for s in b0.eval()(torch.randn(2, 3, 64, 64)).stages]
     probe = torch.randn(2, 256, 16, 16, dtype=torch.float64)
@@ -98,7 +100,7 @@ def test_folded_head_gradients_equal_reference(b0):
         head.zero_grad()
         (forward() * probe).sum().backward()
         grads.append({n: p.grad.clone() for n, p in head.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and "linear_c3.weight" in grads[0]
+    assert grads[0].keys() == grads[1].keys() and {"linear_c3.weight", "linear_fuse.bn.weight"} <= grads[0].keys()
     for name, grad in grads[0].items():
         torch.testing.assert_close(grad, grads[1][name], atol=1e-9, rtol=1e-7, msg=name)
 
@@ -118,20 +120,19 @@ def test_channels_last_matches_contiguous(b0):
 
 
 def test_bf16_autocast_forward_backward_close_to_fp32(b0):
-    b0.eval()
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        ref = b0(x)
     b0.train()
     b0.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = b0(x.contiguous(memory_format=torch.channels_last))
         loss = F.cross_entropy(out.logits.float(), torch.randint(0, 11, (2, 16, 16)))
     loss.backward()
-    assert out.logits.shape == ref.logits.shape and out.decoder.shape == ref.decoder.shape
+    assert out.logits.shape == (2, 11, 16, 16) and out.decoder.shape == (2, 256, 16, 16)
     assert all(torch.isfinite(t).all() for t in (out.logits, out.decoder, *out.stages))
     assert all(torch.isfinite(p.grad).all() for p in b0.parameters() if p.grad is not None)
-    b0.eval()
+    b0.eval()  # fp32 reference after the training pass (it moved the BN running statistics)
+    with torch.no_grad():
+        ref = b0(x)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         low = b0(x)
     scale = ref.logits.abs().max()
@@ -180,3 +181,42 @@ def test_frozen_fold_cache_follows_weight_changes():
     reference.decode_head._fold_key = None
     with torch.inference_mode():
         torch.testing.assert_close(model(x).logits, reference(x).logits, rtol=0, atol=0)
+
+
+def test_frozen_fold_follows_running_statistics_and_ignores_autocast():
+    """The cached fold holds the eval BatchNorm: a training pass that moves its running statistics must
+    show in the next eval output, and a fold first made under bf16 autocast must still be float32."""
+    torch.manual_seed(0)
+    model = create_model("segformer_b0", num_classes=11)
+    randomise_norms(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.eval()(x)
+    assert all(w.dtype == torch.float32 for w in model.decode_head._fold[0])
+    with torch.no_grad():
+        before = model(x).decoder.clone()
+        model.train()(x)  # updates running_mean / running_var
+        after = model.eval()(x).decoder
+        fresh = copy.deepcopy(model)
+        fresh.decode_head._fold_key = None
+        assert not after.allclose(before)
+        torch.testing.assert_close(after, fresh(x).decoder, rtol=0, atol=0)
+        torch.testing.assert_close(after, _reference_head(model.decode_head, model(x).stages)[0],
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_taps_skip_the_head_parts_no_term_reads():
+    torch.manual_seed(0)
+    model = create_model("segformer_b2", num_classes=11).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        full = model(x)
+        stages_only = model(x, taps={"stages"})
+        decoder_only = model(x, taps=frozenset({"decoder"}))
+        logits = model(x, taps={"logits"})
+    assert stages_only.decoder is None and stages_only.logits is None
+    assert decoder_only.logits is None
+    for a, b in zip(stages_only.stages, full.stages):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(decoder_only.decoder, full.decoder, rtol=0, atol=0)
+    torch.testing.assert_close(logits.logits, full.logits, rtol=0, atol=0)

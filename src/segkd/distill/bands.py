@@ -101,20 +101,29 @@ class ProjectionSplit(BandSplit):
     def synthesis(self, c: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Coordinates -> the (..., H, W) map they describe (`size` = (H, W))."""
 
+    def synthesis_add(self, c: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out += synthesis(c), in place; returns out."""
+        return out.add_(self.synthesis(c, out.shape[-2:]))
+
     def low(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
             return self.synthesis(self.coefficients(x), x.shape[-2:])
 
 
-def separable(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a^T x b over the last two axes; channels-last 4-D maps stay channels-last (no copy)."""
+def separable(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a^T x b over the last two axes; channels-last 4-D maps stay channels-last (no copy).
+    With `out` (the result's shape), the product is added to it in place by the last matmul."""
     if not _channels_last(x):
-        return a.mT @ x @ b
+        return a.mT @ x @ b if out is None else out.add_(a.mT @ x @ b)
     n, e, h, w = x.shape
     y = a.mT @ x.permute(0, 2, 3, 1).reshape(n, h, w * e)  # (n, h', w * e)
-    y = b.mT @ y.view(n * a.shape[1], w, e)  # (n * h', w', e)
-    return y.view(n, a.shape[1], b.shape[1], e).permute(0, 3, 1, 2)
+    y = y.view(n * a.shape[1], w, e)
+    if out is not None and _channels_last(out):
+        out.permute(0, 2, 3, 1).view(n * a.shape[1], b.shape[1], e).baddbmm_(b.mT.expand(y.shape[0], -1, -1), y)
+        return out
+    y = (b.mT @ y).view(n, a.shape[1], b.shape[1], e).permute(0, 3, 1, 2)  # (n * h', w', e) as NCHW
+    return y if out is None else out.add_(y)
 
 
 class SeparableProjection(ProjectionSplit):
@@ -135,6 +144,10 @@ class SeparableProjection(ProjectionSplit):
     def synthesis(self, c: torch.Tensor, size) -> torch.Tensor:
         u_h, u_w = self.bases(*size, c.device)
         return separable(c, u_h.mT, u_w.mT)
+
+    def synthesis_add(self, c: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        u_h, u_w = self.bases(*out.shape[-2:], c.device)
+        return separable(c, u_h.mT, u_w.mT, out=out)
 
 
 def kept_radius(n: int, axis_ratio: float) -> int:
@@ -326,6 +339,10 @@ class SmoothSplit(BandSplit):
             g = self.gain(rho / self.radius) if self.radius > 0 else (rho == 0).double()
             self._masks[key] = g.float()
         return self._masks[key]
+
+    def synthesis_add(self, c: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out += synthesis(c), in place; returns out."""
+        return out.add_(self.synthesis(c, out.shape[-2:]))
 
     def low(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):

@@ -116,24 +116,31 @@ def adapt_coefficients(conv: nn.Conv2d, c: torch.Tensor, c_one: torch.Tensor) ->
     return out.movedim(-1, 1)
 
 
-class HighBandL1(torch.autograd.Function):
-    """mean |x - synthesis(c)| for c = coefficients(x) of a projection band (the regulariser), with
-    gradients for x and c. Written by hand because at decoder size the cost is memory traffic: one
-    full-size buffer forward and one backward, against autograd's chain (sub, abs, sign, mul, neg)."""
+class CoefficientsAndHighL1(torch.autograd.Function):
+    """(c, mean |x - synthesis(c)|) with c = coefficients(x) of a projection band: the low band's
+    coordinates and the regulariser, with one gradient map for both.
+
+    Written by hand because at decoder size the cost is memory traffic. P = synthesis . coefficients
+    is symmetric, so with g = sign(high) dL/dl1 / N the gradient is g - P g + synthesis(dL/dc)
+    = g + synthesis(dL/dc - coefficients(g)), the synthesis added into g's buffer: one full-size
+    buffer forward and one backward, against autograd's chain (sub, abs, sign, mul, neg, the
+    coefficients' backward and the sum of the two gradients).
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, c: torch.Tensor, band: ProjectionSplit) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, band: ProjectionSplit):
+        c = band.coefficients(x)
         neg_high = band.synthesis(c, x.shape[-2:]).sub_(x)  # low - x, in synthesis's own buffer
         value = torch.linalg.vector_norm(neg_high, 1) / x.numel()
         ctx.band = band
         ctx.save_for_backward(neg_high.sign_())
-        return value
+        return c, value
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad_c: torch.Tensor, grad_value: torch.Tensor):
         (neg_sign,) = ctx.saved_tensors
-        grad_x = neg_sign * (-grad / neg_sign.numel())  # sign(high) / N
-        return grad_x, -ctx.band.coefficients(grad_x), None  # synthesis' adjoint is `coefficients`
+        g = neg_sign * (-grad_value / neg_sign.numel())  # sign(high) dL/dl1 / N
+        return ctx.band.synthesis_add(grad_c - ctx.band.coefficients(g), out=g), None
 
 
 def band_loss(student: torch.Tensor, teacher: torch.Tensor, band: BandSplit, high: str, *,
@@ -156,13 +163,16 @@ def band_loss(student: torch.Tensor, teacher: torch.Tensor, band: BandSplit, hig
             raise ValueError(f"adapted student feature {(s.shape[0], width, *s.shape[2:])} and teacher "
                              f"feature {tuple(t.shape)} differ")
         if isinstance(band, ProjectionSplit) and high in ("regularize", "none"):
-            c_s, c_t = band.coefficients(s), band.coefficients(t)
+            if high == "regularize":
+                c_s, high_term = CoefficientsAndHighL1.apply(s, band)
+            else:
+                c_s, high_term = band.coefficients(s), 0.0
+            c_t = band.coefficients(t)
             c_adapted = c_s
             if adapter is not None:
                 c_one = band.coefficients(torch.ones(t.shape[-2:], device=t.device))
                 c_adapted = adapt_coefficients(adapter, c_s, c_one)
             low = (c_adapted - c_t).square().sum() / t.numel()
-            high_term = HighBandL1.apply(s, c_s, band) if high == "regularize" else 0.0
             return low_weight * low + high_weight * high_term
         a = adapt_map(adapter, s) if adapter is not None else s
         if isinstance(band, FOURIER_BANDS) and (high == "amplitude" or not isinstance(band, ProjectionSplit)):

@@ -92,7 +92,8 @@ def step_losses(model, x: torch.Tensor, y: torch.Tensor, precision: str, teacher
     """The loss terms of one training step (task cross-entropy, then each distillation term).
 
     One autocast block for student, teacher and terms, so adapters see the student's dtypes. The frozen
-    teacher runs under inference mode: no autograd graph, no saved activations.
+    teacher runs under inference mode (no autograd graph, no saved activations) and computes only the
+    taps the terms read.
     """
     with autocast(x.device, precision):
         s_out = model(x)
@@ -100,7 +101,7 @@ def step_losses(model, x: torch.Tensor, y: torch.Tensor, precision: str, teacher
         terms = {"task": F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)}
         if teacher is not None:
             with torch.inference_mode():
-                t_out = teacher(x)
+                t_out = teacher(x, taps=distill.taps)
             terms.update(distill(s_out, t_out, y))
     return terms
 

@@ -1,8 +1,9 @@
 """SegFormer as the study uses it: timm's pvt_v2 encoder configured as MiT, and the all-MLP decoder.
 
 One forward pass returns every tap a distillation method may read (`SegOutput`): the logits, the four
-encoder stage maps and the decoder feature. The taps are references to tensors the pass computes anyway,
-so a method that ignores them costs nothing.
+encoder stage maps and the decoder feature. The taps are references to tensors the pass computes anyway;
+a frozen teacher can be asked for fewer (`SegFormer.forward(x, taps)`), and then skips the parts of the
+head that no term reads (the whole head for AT and SP, linear_pred for the decoder-feature terms).
 
 Fidelity to NVlabs' MiT (mmseg/models/backbones/mix_transformer.py), checked in tests/test_models.py:
 - pvt_v2 differs from MiT only in its MLP ratios (8, 8, 4, 4 for b0-b4); MiT uses 4 everywhere, set here.
@@ -50,9 +51,9 @@ MIT_MLP_RATIOS = (4, 4, 4, 4)
 class SegOutput(NamedTuple):
     """What one forward pass exposes to training, evaluation and distillation."""
 
-    logits: Tensor  # (B, num_classes, H/4, W/4)
+    logits: Tensor | None  # (B, num_classes, H/4, W/4); None only if not asked for (`SegFormer.forward`)
     stages: list[Tensor]  # encoder maps (B, C_i, H/4, H/8, H/16, H/32 ...), after each stage's norm
-    decoder: Tensor  # (B, E, H/4, W/4): after linear_fuse (conv + BN + ReLU), before dropout
+    decoder: Tensor | None  # (B, E, H/4, W/4): after linear_fuse (conv + BN + ReLU), before dropout
 
 
 class LinearFuse(nn.Module):
@@ -91,29 +92,42 @@ class AllMLPHead(nn.Module):
         return [self.linear_c1, self.linear_c2, self.linear_c3, self.linear_c4]
 
     def folded_projections(self) -> tuple[list[Tensor], Tensor]:
-        """linear_fuse.conv composed with each linear_c: per-stage weights (E, C_i) and one bias (E,)."""
+        """linear_fuse.conv composed with each linear_c: per-stage weights (E, C_i) and one bias (E,).
+
+        With the BatchNorm in eval mode (an affine map by its running statistics) it is folded in
+        too, so a frozen teacher or an evaluated model skips a full pass over the 1/4-resolution map.
+        """
         fuse = self.linear_fuse.conv.weight.flatten(1)  # (E, 4E), input columns ordered c4, c3, c2, c1
         blocks = fuse.split(self.decoder_dim, dim=1)[::-1]  # -> c1, c2, c3, c4
         weights = [block @ proj.weight for block, proj in zip(blocks, self.projections)]
         bias = sum(block @ proj.bias for block, proj in zip(blocks, self.projections))
+        bn = self.linear_fuse.bn
+        if not bn.training:
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            weights = [weight * scale[:, None] for weight in weights]
+            bias = (bias - bn.running_mean) * scale + bn.bias
         return weights, bias
 
     def frozen_folded_projections(self) -> tuple[list[Tensor], Tensor]:
         """`folded_projections`, cached while no gradient is wanted (a frozen teacher, evaluation).
 
         The fold costs E^2 * sum(C_i) multiply-adds per call whatever the image size: for B2
-        (E = 768) 0.6 G, a quarter of a teacher forward at 48x64. The cache key holds each parameter's
-        storage and version counter, so an optimiser step or a loaded state dict invalidates it.
+        (E = 768) 0.6 G, a quarter of a teacher forward at 48x64. The cache key holds the BatchNorm's
+        mode and each parameter's and buffer's storage and version counter, so an optimiser step, a
+        training pass (running statistics: the kernel updates them without a version bump, but
+        num_batches_tracked counts the pass) or a loaded state dict invalidates it.
         """
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        tensors = (*self.parameters(), *self.buffers())  # num_batches_tracked moves with the statistics
+        key = (self.linear_fuse.bn.training, *((t.data_ptr(), t._version) for t in tensors))
         if getattr(self, "_fold_key", None) != key:
-            with torch.inference_mode(False), torch.no_grad():
-                self._fold = self.folded_projections()
+            device = self.linear_fuse.conv.weight.device.type
+            with torch.inference_mode(False), torch.no_grad(), torch.autocast(device, enabled=False):
+                self._fold = self.folded_projections()  # float32 whatever autocast the caller runs
             self._fold_key = key
         return self._fold
 
-    def forward(self, stages: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Return (decoder feature, logits) for the four stage maps."""
+    def forward(self, stages: list[Tensor], logits: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Return (decoder feature, logits) for the four stage maps; logits None if not wanted."""
         wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         weights, bias = self.folded_projections() if wants_grad else self.frozen_folded_projections()
         size = stages[0].shape[-2:]
@@ -123,11 +137,15 @@ class AllMLPHead(nn.Module):
             y = F.linear(stage.permute(0, 2, 3, 1), weight, bias if i == 0 else None).permute(0, 3, 1, 2)
             if y.shape[-2:] != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            fused = y if fused is None else fused + y
-        decoder = F.relu(self.linear_fuse.bn(fused))
+            fused = y if fused is None else fused.add_(y)  # in place: one pass fewer per stage
+        if self.linear_fuse.bn.training:
+            fused = self.linear_fuse.bn(fused)
+        decoder = F.relu(fused, inplace=True)
+        if not logits:
+            return decoder, None
         pred = self.linear_pred
-        logits = F.linear(self.dropout(decoder).permute(0, 2, 3, 1), pred.weight.flatten(1), pred.bias)
-        return decoder, logits.permute(0, 3, 1, 2)
+        out = F.linear(self.dropout(decoder).permute(0, 2, 3, 1), pred.weight.flatten(1), pred.bias)
+        return decoder, out.permute(0, 3, 1, 2)
 
 
 class SegFormer(nn.Module):
@@ -166,9 +184,14 @@ class SegFormer(nn.Module):
             stages.append(x)
         return stages
 
-    def forward(self, x: Tensor) -> SegOutput:
+    def forward(self, x: Tensor, taps: set[str] | frozenset[str] | None = None) -> SegOutput:
+        """All taps, or only `taps` (SegOutput fields): the head runs only if the decoder feature or
+        the logits are wanted, and linear_pred only for the logits; the fields not computed are None.
+        A frozen teacher is asked for just what its distillation terms read."""
         stages = self.forward_stages(x)
-        decoder, logits = self.decode_head(stages)
+        if taps is not None and not {"decoder", "logits"} & set(taps):
+            return SegOutput(logits=None, stages=stages, decoder=None)
+        decoder, logits = self.decode_head(stages, logits=taps is None or "logits" in taps)
         return SegOutput(logits=logits, stages=stages, decoder=decoder)
 
 
