@@ -15,6 +15,10 @@ the teacher forward and the whole `freq` step against this machine's matmul peak
 the teacher forward's share of step time against its FLOP share; and the `freq` loss's share of the
 step (the term's forward + backward on real decoder features, timed alone).
 
+Levers (--levers HxW): the shipped `freq` step with one knob turned each. Every lever step runs right
+after a shipped step and the table gives the median of those paired ratios, which stays honest when
+the machine's speed drifts during the run (it does on shared CPUs, by 10-15% within minutes).
+
 Peak memory: the first step of each variant in a fresh process (so the optimizer state it creates
 counts); on CUDA torch.cuda.max_memory_allocated, on CPU the rise of the resident-set high-water mark
 (VmHWM, reset through /proc/self/clear_refs) over the resident set before the step.
@@ -385,28 +389,46 @@ def bench_levers(h: int, w: int, warmup: int, repeats: int, compile_teacher: boo
             compiled(xc)
         compile_note = f" (compile time {time.perf_counter() - start:.0f} s, counted separately)"
         levers["teacher under torch.compile" + compile_note] = lever_step(student(), compiled, freq, xc, y)
-    med = alternate(levers, warmup, repeats)
+    shipped_freq = next(iter(levers))
+    shipped_kd = "shipped kd step (KL on 1/4-resolution logits)"
+    pairs = {k: (shipped_kd if k.startswith("kd ") else shipped_freq, fn) for k, fn in levers.items()
+             if not k.startswith("shipped")}
+    rows = paired(levers, pairs, warmup, repeats)
     runs = {False: [], True: []}
-    for _ in range(2):  # the allocator is per process: fresh processes, alternating
+    for _ in range(max(2, repeats // 2)):  # the allocator is per process: fresh processes, in pairs
         for default in (False, True):
             runs[default].append(step_in_child("segkd freq", h, w, warmup, repeats, default))
-    for default, label in ((False, "shipped freq step, fresh process (freed memory retained)"),
-                           (True, "glibc's default allocator, fresh process")):
-        seconds = statistics.median(r[0] for r in runs[default])
-        faults = statistics.median(r[1] for r in runs[default])
-        med[f"{label}; {faults:.0f} page faults/step"] = seconds
-    base = {k: med[k] for k in med if k.startswith("shipped")}
-    print(f"\n### Levers at {h}x{w}, batch {BATCH} (ratio = lever step time / shipped step time; > 1 is slower)\n")
+    faults = {d: statistics.median(r[1] for r in runs[d]) for d in runs}
+    rows[f"glibc's default allocator, fresh process ({faults[True]:.0f} page faults/step; shipped "
+         f"{faults[False]:.0f})"] = (statistics.median(r[0] for r in runs[True]),
+                                    statistics.median(a[0] / b[0] for a, b in zip(runs[True], runs[False])))
+    print(f"\n### Levers at {h}x{w}, batch {BATCH} (x shipped = median over repeats of lever time / time of "
+          f"the shipped step run just before it; > 1 is slower)\n")
     print("| variant | s/step | x shipped |")
     print("|---|---:|---:|")
-    for k, t in med.items():
-        if k.startswith(("shipped kd", "kd ")):
-            ref = base["shipped kd step (KL on 1/4-resolution logits)"]
-        elif "fresh process" in k:
-            ref = next(v for b, v in base.items() if "fresh process" in b)
-        else:
-            ref = next(iter(base.values()))
-        print(f"| {k} | {t:.3f} | {t / ref:.2f} |")
+    for k, (seconds, ratio) in rows.items():
+        print(f"| {k} | {seconds:.3f} | {ratio:.2f} |")
+
+
+def paired(fns: dict, pairs: dict, warmup: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """(median seconds, median ratio to its base) of each lever, each call right after its base's
+    call, so that a drift of the machine's speed during the run cancels in the ratio. The bases
+    (the shipped steps) get their own rows with ratio 1."""
+    times = {k: [] for k in fns}
+    ratios = {k: [] for k in pairs}
+    for r in range(warmup + repeats):
+        for k, (base, fn) in pairs.items():
+            t0 = time.perf_counter()
+            fns[base]()
+            t1 = time.perf_counter()
+            fn()
+            t2 = time.perf_counter()
+            if r >= warmup:
+                times[base].append(t1 - t0)
+                times[k].append(t2 - t1)
+                ratios[k].append((t2 - t1) / (t1 - t0))
+    return {k: (statistics.median(times[k]), statistics.median(ratios[k]) if k in ratios else 1.0)
+            for k in fns}
 
 
 PEAK: dict[str, float] = {}
@@ -415,7 +437,8 @@ ARGS = argparse.Namespace(threads=1)
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", nargs="+", default=["96x128", "180x240"])
+    p.add_argument("--sizes", nargs="*", default=["96x128", "180x240"],
+                   help="HxW of the side-by-side tables (none given: only the levers table)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
