@@ -145,9 +145,7 @@ class AllMLPHead(nn.Module):
             h, w, e = y.shape[1:]
             if fused is None:
                 fused = y
-            elif (h, w) == (height, width):
-                fused.add_(y)
-            else:
+            else:  # (a stage at full size would get identity matrices)
                 rows = bilinear_matrix(h, height, y.device, y.dtype) @ y.reshape(batch, h, w * e)  # (B, H, w * E)
                 columns = bilinear_matrix(w, width, y.device, y.dtype).expand(batch * height, width, w)
                 fused.view(batch * height, width, e).baddbmm_(columns, rows.view(batch * height, w, e))
