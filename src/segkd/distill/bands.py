@@ -340,10 +340,6 @@ class SmoothSplit(BandSplit):
             self._masks[key] = g.float()
         return self._masks[key]
 
-    def synthesis_add(self, c: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """out += synthesis(c), in place; returns out."""
-        return out.add_(self.synthesis(c, out.shape[-2:]))
-
     def low(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             x = x.float()
