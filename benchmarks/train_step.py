@@ -12,7 +12,8 @@ hits all alike; medians after warm-up.
 
 It also counts FLOPs per step (torch.utils.flop_counter) and prints achieved GFLOP/s of the student step,
 the teacher forward and the whole `freq` step against this machine's matmul peak, measured here too;
-the teacher forward's share of step time against its FLOP share; and the `freq` loss's share of the
+the teacher forward's share of step time against its FLOP share, and its FLOPs and time beside the
+transformers teacher forward's; and the `freq` loss's share of the
 step (the term's forward + backward on real decoder features, timed alone).
 
 Levers (--levers HxW): the shipped `freq` step with one knob turned each. Every lever step runs right
@@ -248,7 +249,12 @@ def build_steps(h: int, w: int, only: str | None = None) -> tuple[dict, dict]:
             with torch.inference_mode():
                 shared_teacher(xc, taps={"decoder"})
 
-        probes.update(teacher_forward=teacher_forward, plain=segkd_step(student(), shared_teacher, None, xc, y),
+        def hf_teacher_forward():  # as the transformers steps run it
+            with torch.no_grad():
+                hf_teacher(pixel_values=x)
+
+        probes.update(teacher_forward=teacher_forward, hf_teacher_forward=hf_teacher_forward,
+                      plain=segkd_step(student(), shared_teacher, None, xc, y),
                       freq_term=freq_term_timer(student().eval(), shared_teacher, xc))
     return steps, probes
 
@@ -274,7 +280,8 @@ def memory_in_child(name: str, h: int, w: int) -> float:
 def bench_size(h: int, w: int, warmup: int, repeats: int) -> None:
     steps, probes = build_steps(h, w)
     memory = {k: memory_in_child(k, h, w) for k in steps}
-    timers = {**steps, "teacher forward alone": probes["teacher_forward"], "freq term": probes["freq_term"]}
+    timers = {**steps, "teacher forward alone": probes["teacher_forward"], "freq term": probes["freq_term"],
+              "transformers teacher forward alone": probes["hf_teacher_forward"]}
     med = alternate(timers, warmup, repeats)
     teacher_in_step = statistics.median(probes["teacher in step"][-repeats:])
 
@@ -291,16 +298,21 @@ def bench_size(h: int, w: int, warmup: int, repeats: int) -> None:
 
     # FLOPs and achieved rates of the segkd freq step and its parts
     f_student, f_teacher, f_step = flops(probes["plain"]), flops(probes["teacher_forward"]), flops(steps["segkd freq"])
+    f_hf_teacher = flops(probes["hf_teacher_forward"])
     share_t, share_f = teacher_in_step / med["segkd freq"], f_teacher / f_step
     print("\n| part (segkd freq step) | GFLOP | s | GFLOP/s | % of fp32 matmul peak |")
     print("|---|---:|---:|---:|---:|")
     for name, f, t in (("student step (plain B0 step)", f_student, med["segkd plain B0"]),
                        ("teacher forward (B2), inside the freq step", f_teacher, teacher_in_step),
                        ("teacher forward (B2), alone", f_teacher, med["teacher forward alone"]),
+                       ("transformers teacher forward (B2), alone", f_hf_teacher, med["transformers teacher forward alone"]),
                        ("whole freq step", f_step, med["segkd freq"])):
         print(f"| {name} | {f / 1e9:.2f} | {t:.3f} | {f / t / 1e9:.1f} | {100 * f / t / 1e9 / PEAK['fp32']:.0f}% |")
     print(f"\nteacher forward: {100 * share_t:.0f}% of step time, {100 * share_f:.0f}% of step FLOPs "
-          f"(time share / FLOP share = {share_t / share_f:.2f}, goal <= 1.2)")
+          f"(time share / FLOP share = {share_t / share_f:.2f}, goal <= 1.2). FLOPs are those executed: the "
+          f"folded head skips the 4E -> E fuse conv at 1/4 resolution, so segkd's teacher forward runs "
+          f"{f_teacher / 1e9:.1f} GFLOP where transformers' runs {f_hf_teacher / 1e9:.1f}, and takes "
+          f"{med['transformers teacher forward alone'] / med['teacher forward alone']:.2f}x less time")
     kernels = kernel_fraction(probes["teacher_forward"])
     t_kernels = kernels * teacher_in_step
     bound = t_kernels / (med["segkd freq"] - teacher_in_step + t_kernels) / share_f

@@ -410,6 +410,16 @@ def test_projection_bands_never_adapt_a_full_map(band, high, monkeypatch):
     assert term.adapter.weight.grad.abs().sum() > 0 and s.grad.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_a_second_backward_through_the_regularizer_fails_loudly():
+    """Its backward scales the saved sign in place, so reusing the graph must raise, not mislead."""
+    term = small_term(high="regularize")
+    s, t = loss_inputs(seed=5, layout="channels_last")
+    value = value_of(term, s, t)
+    value.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="inplace"):
+        value.backward()
+
+
 # ---------------------------------------------------------------- options
 
 

@@ -122,9 +122,9 @@ class CoefficientsAndHighL1(torch.autograd.Function):
 
     Written by hand because at decoder size the cost is memory traffic. P = synthesis . coefficients
     is symmetric, so with g = sign(high) dL/dl1 / N the gradient is g - P g + synthesis(dL/dc)
-    = g + synthesis(dL/dc - coefficients(g)), the synthesis added into g's buffer: one full-size
-    buffer forward and one backward, against autograd's chain (sub, abs, sign, mul, neg, the
-    coefficients' backward and the sum of the two gradients).
+    = g + synthesis(dL/dc - coefficients(g)), the synthesis added into g's buffer, which is the
+    saved sign's: one full-size buffer in all, against autograd's chain (sub, abs, sign, mul, neg,
+    the coefficients' backward and the sum of the two gradients).
     """
 
     @staticmethod
@@ -139,7 +139,9 @@ class CoefficientsAndHighL1(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_c: torch.Tensor, grad_value: torch.Tensor):
         (neg_sign,) = ctx.saved_tensors
-        g = neg_sign * (-grad_value / neg_sign.numel())  # sign(high) dL/dl1 / N
+        # sign(high) dL/dl1 / N, in the saved buffer: a second backward through this graph
+        # (retain_graph) fails autograd's version check instead of reading the scaled sign.
+        g = neg_sign.mul_(-grad_value / neg_sign.numel())
         return ctx.band.synthesis_add(grad_c - ctx.band.coefficients(g), out=g), None
 
 
