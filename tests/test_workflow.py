@@ -81,6 +81,19 @@ def test_dry_run_plans_the_whole_study(tmp_path):
                       "bands": "1", "aggregate": "1", "all": "1", "total": "19"}
 
 
+def test_jobs_run_without_the_environment_on_path(tmp_path):
+    """`.venv/bin/snakemake` in a shell that never activated the environment: the jobs still find
+    segkd (they run it with Snakemake's own interpreter), and their logs show it."""
+    repo = copy_repo(tmp_path)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
+    env = {**os.environ, "PATH": path}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([str(BIN / "snakemake"), "split", "--cores", "1", "--configfile", "studies/smoke.yaml"],
+                          cwd=repo, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads(next((repo / "data" / "folds").glob("*.json")).read_text())
+
+
 def test_slurm_profile_dry_run(tmp_path):
     repo = copy_repo(tmp_path)
     out = run(["snakemake", "--profile", "workflow/profiles/slurm", "--dry-run", "--configfile",

@@ -1,5 +1,7 @@
 # Config validation, the study's run grid and the source files each rule runs.
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -8,6 +10,11 @@ from segkd import layout
 from segkd.config import Study, spec_json
 from segkd.config import validate as validate_study
 from segkd.sweep import NAME_PATTERN
+
+# Jobs run segkd with the interpreter running Snakemake, not the first `segkd` on PATH: so
+# `.venv/bin/snakemake` works in a shell without the environment activated, and no other install
+# of segkd can stand in for this checkout's.
+SEGKD = f"{shlex.quote(sys.executable)} -m segkd"
 
 # segkd's own check first: its errors name the key (train.lr: ...); then Snakemake's, on the same schema.
 STUDY = Study(validate_study(config))
@@ -26,7 +33,7 @@ wildcard_constraints:
 
 def sources(*modules):
     """The segkd source files a rule runs: a code change re-runs exactly the jobs that use it."""
-    return [f"src/segkd/{m}.py" for m in ("__init__", "cli", "config", "errors", "layout", "classes") + modules]
+    return [f"src/segkd/{m}.py" for m in ("__init__", "__main__", "cli", "config", "errors", "layout", "classes") + modules]
 
 
 DATA_CODE = sources("data/prepare", "data/camvid", "data/synthetic")

@@ -21,7 +21,7 @@ rule prepare:
         mem_mb=8000,
         runtime=60,
     shell:
-        "segkd prepare --dataset {params.dataset:q} --out {params.out} --force > {log} 2>&1"
+        "{SEGKD} prepare --dataset {params.dataset:q} --out {params.out} --force > {log} 2>&1"
 
 
 rule split:
@@ -41,5 +41,5 @@ rule split:
         mem_mb=4000,
         runtime=10,
     shell:
-        "segkd split --dataset {params.dataset:q} --folds {params.folds:q} --prepared {params.prepared} "
+        "{SEGKD} split --dataset {params.dataset:q} --folds {params.folds:q} --prepared {params.prepared} "
         "--out {output} > {log} 2>&1"

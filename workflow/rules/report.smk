@@ -25,7 +25,7 @@ rule bands:
         mem_mb=4000,
         runtime=10,
     shell:
-        "segkd bands --run {params.run} --out {output} --threads {threads} > {log} 2>&1"
+        "{SEGKD} bands --run {params.run} --out {output} --threads {threads} > {log} 2>&1"
 
 
 rule aggregate:
@@ -50,4 +50,4 @@ rule aggregate:
         mem_mb=4000,
         runtime=10,
     shell:
-        "segkd aggregate --params {params.study:q} --runs runs --out results > {log} 2>&1"
+        "{SEGKD} aggregate --params {params.study:q} --runs runs --out results > {log} 2>&1"

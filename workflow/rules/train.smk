@@ -9,7 +9,7 @@ TRAIN_INPUT = dict(
     code=TRAIN_CODE,
 )
 TRAIN_CMD = (  # paths quoted: variant names hold '=' (freq-high=kd-ratio=0.1)
-    "segkd train --spec {params.spec:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
+    "{SEGKD} train --spec {params.spec:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
 )
 
 
