@@ -83,7 +83,7 @@ def test_dry_run_plans_the_whole_study(tmp_path):
 
 def test_jobs_run_without_the_environment_on_path(tmp_path):
     """`.venv/bin/snakemake` in a shell that never activated the environment: the jobs still find
-    segkd (they run it with Snakemake's own interpreter), and their logs show it."""
+    segkd (they run it with Snakemake's own interpreter) and write their outputs."""
     repo = copy_repo(tmp_path)
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
     env = {**os.environ, "PATH": path}
