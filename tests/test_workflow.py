@@ -22,8 +22,9 @@ VARIANTS = ["freq-high=kd-ratio=0.1", "freq-high=kd-ratio=0.2", "freq-high=none-
 COMMIT = "git add -A && git -c user.email=t@t -c user.name=t commit -qm"
 
 
-def run(cmd, cwd, check=True):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+def run(cmd, cwd, check=True, venv_on_path=True):
+    path = [p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN]
+    env = {**os.environ, "PATH": os.pathsep.join([str(BIN)] * venv_on_path + path), "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
     if check and proc.returncode != 0:
@@ -85,12 +86,8 @@ def test_jobs_run_without_the_environment_on_path(tmp_path):
     """`.venv/bin/snakemake` in a shell that never activated the environment: the jobs still find
     segkd (they run it with Snakemake's own interpreter) and write their outputs."""
     repo = copy_repo(tmp_path)
-    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN)
-    env = {**os.environ, "PATH": path}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run([str(BIN / "snakemake"), "split", "--cores", "1", "--configfile", "studies/smoke.yaml"],
-                          cwd=repo, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run([str(BIN / "snakemake"), "split", "--cores", "1", "--configfile", "studies/smoke.yaml"], repo,
+        venv_on_path=False)
     assert json.loads(next((repo / "data" / "folds").glob("*.json")).read_text())
 
 
