@@ -5,10 +5,6 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-# A study file is a whole study: --configfile replaces params.yaml rather than merging into it.
-if not workflow.overwrite_configfiles:
-    workflow.configfile("params.yaml")
-
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"

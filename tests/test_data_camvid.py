@@ -96,6 +96,17 @@ def test_layout_errors_name_the_file(tmp_path, case):
         camvid.find_items(root)
 
 
+@pytest.mark.parametrize("splits, expect", [
+    ({"train": [], "val": [], "test": []}, r"cv/train: no images in train/ or trainannot/"),
+    ({"train": ["0006R0_f00030"], "val": [], "test": ["Seq05VD_f00000"]}, r"cv/val: no images in val/ or valannot/"),
+    ({"val": ["0016E5_07961"], "test": ["Seq05VD_f00000"]}, r"cv: no training images"),
+], ids=["all_empty", "val_empty", "no_train_split"])
+def test_empty_split_folders_and_no_training_images_are_errors(tmp_path, splits, expect):
+    root = make_segnet(tmp_path / "cv", splits)
+    with pytest.raises(UserError, match=expect):
+        camvid.find_items(root)
+
+
 @pytest.mark.parametrize("case", ["size_mismatch", "bad_value", "corrupt_image", "corrupt_label", "rgb_label"])
 def test_decode_errors_name_the_file(tmp_path, case):
     root = make_segnet(tmp_path / "cv")

@@ -23,6 +23,7 @@ from segkd.config import Study, validate
 from segkd.errors import UserError
 from segkd.report import aggregate as agg
 from segkd.report import plots, stats
+from segkd.runs import expected_runs
 
 TEACHERS = ["segformer_b2", "segformer_b4"]
 # method -> effect on every class IoU (fraction); kd helps, at does nothing, sp hurts
@@ -38,12 +39,13 @@ def make_params(seeds=(0, 1, 2), k=2, methods=("kd", "at", "sp"), teachers=TEACH
             "methods": methods if isinstance(methods, dict) else {m: {m: {"weight": 1.0}} for m in methods}}
 
 
-def write_run(runs: Path, run_dir: Path, iou: dict, identity: dict, loss_scale: float) -> dict:
+def write_run(runs: Path, run_dir: Path, iou: dict, identity: dict, loss_scale: float, params: dict) -> dict:
+    """A metrics.json as `segkd train` writes it; `params` is the run spec (the study's, or a stale one)."""
     values = [v for v in iou.values() if v is not None]
     metrics = {"study": "fake", **identity, "dataset": "synthetic", "iou": iou,
                "acc": {c: 0.5 for c in CLASS_NAMES}, "mIoU": float(np.mean(values)),
                "mPA": float(np.mean(values)) + 0.05, "aAcc": float(np.mean(values)) + 0.1,
-               "confusion": [[0] * 11] * 11, "params": {}, "mlflow_run_id": None, "wall_time_s": 12.5,
+               "confusion": [[0] * 11] * 11, "params": params, "mlflow_run_id": None, "wall_time_s": 12.5,
                "images_per_s": 40.0, "iterations": 3,
                "history": [{"iteration": i, "lr": 1e-4, "loss": loss_scale / i, "task": 1.0} for i in (1, 2, 3)]}
     path = runs / run_dir.relative_to(layout.RUNS) / "metrics.json"
@@ -64,6 +66,7 @@ def make_study(tmp: Path, effects=EFFECTS, noise=0.004, absent_class=True, metho
     rng = np.random.default_rng(0)
     base_class = np.linspace(0.3, 0.9, len(CLASS_NAMES))
     runs, truth = tmp / "runs", {}
+    specs = {run.dir: run.spec(study) for run in expected_runs(study)}  # what the workflow trains them with
 
     def iou(effect, seed, fold):
         v = base_class + effect + 0.01 * seed - 0.02 * fold + noise * rng.standard_normal(len(CLASS_NAMES))
@@ -73,7 +76,8 @@ def make_study(tmp: Path, effects=EFFECTS, noise=0.004, absent_class=True, metho
         for f in study.folds:
             truth[("T:" + t, None, 0, f)] = write_run(
                 runs, layout.teacher_dir(t, f), iou(0.08, 0, f),
-                {"role": "teacher", "model": t, "teacher": None, "method": None, "seed": 0, "fold": f}, 2.0)
+                {"role": "teacher", "model": t, "teacher": None, "method": None, "seed": 0, "fold": f}, 2.0,
+                specs[layout.teacher_dir(t, f)])
     for s in study.seeds:
         for f in study.folds:
             values = iou(0.0, s, f)
@@ -82,7 +86,7 @@ def make_study(tmp: Path, effects=EFFECTS, noise=0.004, absent_class=True, metho
             truth[("none", "baseline", s, f)] = write_run(
                 runs, layout.student_dir(None, "baseline", s, f), values,
                 {"role": "student", "model": "segformer_b0", "teacher": None, "method": "baseline",
-                 "seed": s, "fold": f}, 1.0)
+                 "seed": s, "fold": f}, 1.0, specs[layout.student_dir(None, "baseline", s, f)])
     for t in study.teachers:
         for m, effect in effects.items():
             for s in study.seeds:
@@ -90,7 +94,8 @@ def make_study(tmp: Path, effects=EFFECTS, noise=0.004, absent_class=True, metho
                     truth[(t, m, s, f)] = write_run(
                         runs, layout.student_dir(t, m, s, f), iou(effect, s, f),
                         {"role": "student", "model": "segformer_b0", "teacher": t, "method": m,
-                         "seed": s, "fold": f}, 1.0 + list(effects).index(m) * 0.2)
+                         "seed": s, "fold": f}, 1.0 + list(effects).index(m) * 0.2,
+                        specs[layout.student_dir(t, m, s, f)])
     return study, runs, truth
 
 
@@ -183,7 +188,7 @@ def test_summary_mean_std_t_interval(fake):
 
 def test_paired_tests_against_scipy_and_holm_by_hand(fake):
     study, runs, truth, out, _ = fake
-    table, _, _ = agg.load_runs(study, runs)
+    table, _, _, _ = agg.load_runs(study, runs)
     tests = stats.paired_tests(table)
     csv = pd.read_csv(out / "paired_tests.csv")
     pairs = [(s, f) for s in study.seeds for f in study.folds]
@@ -312,7 +317,7 @@ def test_degenerate_studies_give_nan_with_a_note(tmp_path):
     # no noise: kd is the baseline plus a constant, at equals the baseline exactly
     study, runs, _ = make_study(tmp_path / "b", effects={"kd": 0.02, "at": 0.0}, noise=0.0,
                                 absent_class=False, teachers=["segformer_b2"])
-    table, _, _ = agg.load_runs(study, runs)
+    table, _, _, _ = agg.load_runs(study, runs)
     tests = stats.paired_tests(table).set_index("method")
     assert np.isnan(tests.loc["kd", "p_t"]) and "zero variance" in tests.loc["kd", "note"]
     assert tests.loc["kd", "p_wilcoxon"] == pytest.approx(0.03125)

@@ -264,3 +264,20 @@ def test_parallel_jobs_share_one_fresh_store(tmp_path):
         assert len(client.get_metric_history(r.info.run_id, "lr")) == N_STEPS
         assert r.data.metrics["mIoU"] == 0.5 and "iou.Sky" in r.data.metrics
     assert len(seen) == len(specs)
+
+
+def test_an_out_of_date_store_is_one_line_naming_the_upgrade(tmp_path):
+    import sqlite3
+    import subprocess
+    import sys
+
+    db = tmp_path / "old.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # a current store ...
+    with sqlite3.connect(db) as con:  # ... that says it is of an older MLflow (its first revision)
+        con.execute("UPDATE alembic_version SET version_num = '451aebb31d03'")
+    code = ("import sys; from segkd import tracking; from segkd.errors import UserError\n"
+            "try: tracking.init_store(sys.argv[1], 'study-old')\n"
+            "except UserError as err: sys.exit(str(err))")
+    proc = subprocess.run([sys.executable, "-c", code, f"sqlite:///{db}"], capture_output=True, text=True)
+    assert proc.returncode == 1 and proc.stderr.strip() == (
+        f"MLflow store sqlite:///{db}: out-of-date schema; back it up, then run `mlflow db upgrade sqlite:///{db}`")

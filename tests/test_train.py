@@ -184,3 +184,82 @@ def test_adapter_methods_train_under_reduced_precision(study, data, teacher_chec
     result = train(spec, tmp_path / "run")
     assert result["precision"] == precision
     assert all(v == v for v in result["history"][-1].values())
+
+
+def _start(spec, run, tmp_path):
+    spec_file = tmp_path / f"{run.name}.json"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "segkd", "train", "--spec", f"@{spec_file}", "--out", str(run)]
+    return cmd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+
+
+def _kill_at(proc, run, iteration):
+    """SIGKILL the training process once its progress.json says it passed `iteration`."""
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if json.loads((run / "progress.json").read_text())["iteration"] >= iteration:
+                break
+        except (OSError, ValueError):
+            pass
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
+
+
+def _mlflow_runs(uri):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("smoke")
+    return client, client.search_runs([experiment.experiment_id], "tags.role = 'student'", max_results=50)
+
+
+@pytest.mark.parametrize("kill_at, checkpoint_every", [(25, 10), (3, 1000)],
+                         ids=["between-checkpoints", "before-first-checkpoint"])
+def test_killed_and_resumed_run_is_one_complete_mlflow_run(study, data, tmp_path, kill_at, checkpoint_every):
+    """A kill loses the metrics buffered in the process; the resumed job logs every step exactly once,
+    into the same MLflow run, which ends FINISHED (also when it was killed before its first checkpoint)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = make_spec(study, data, iterations=40, checkpoint_every=checkpoint_every, log_every=1,
+                     tracking_uri=uri, tracking={"enabled": True})
+    run = tmp_path / "run"
+    cmd, proc = _start(spec, run, tmp_path)
+    _kill_at(proc, run, kill_at)
+    client, runs = _mlflow_runs(uri)
+    assert len(runs) == 1 and runs[0].info.status == "RUNNING"
+    logged_at_kill = [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")]
+    assert logged_at_kill != list(range(1, kill_at + 1)), "nothing was lost at the kill: the test shows nothing"
+    (run / ".partial.pt.abc123.tmp").write_bytes(b"half a checkpoint")  # what a kill inside save_atomic leaves
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert resumed.returncode == 0, resumed.stderr
+    client, runs = _mlflow_runs(uri)
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    assert runs[0].info.status == "FINISHED"
+    for key in ("loss", "lr", "task", "images_per_s"):
+        assert [m.step for m in client.get_metric_history(runs[0].info.run_id, key)] == list(range(1, 41)), key
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["mlflow_run_id"] == runs[0].info.run_id
+    assert [m.value for m in client.get_metric_history(runs[0].info.run_id, "loss")] == \
+        [h["loss"] for h in metrics["history"]]
+    assert not list(run.glob(".*.tmp")) and not (run / "progress.json").exists()
+
+
+def test_failed_start_leaves_no_run_directory(study, data, tmp_path):
+    missing = make_spec(study, data, teacher="segformer_b2", method="kd", teacher_checkpoint=str(tmp_path / "no.pt"))
+    with pytest.raises(UserError, match="teacher checkpoint not found"):
+        train(missing, tmp_path / "runs" / "students" / "kd" / "seed0" / "fold0")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_rerun_removes_the_confusion_plot_of_the_run_it_replaces(study, data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "confusion.png").write_bytes(b"the plot of an earlier run")
+    with pytest.raises(UserError):
+        train(make_spec(study, data, iterations=2, batch_size=10_000), run)
+    assert not (run / "confusion.png").exists() and run.is_dir()

@@ -3,62 +3,18 @@ running only its new variants, DVC (repro and experiments) re-running only what 
 touches, the SLURM profile's dry run, and bad params failing before any job."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from workflow_helpers import BIN, COMMIT, copy_repo, executed_jobs, run, trained
+
 pytestmark = pytest.mark.slow
 SWEEP_STUDY = "studies/freq_sweep_smoke.yaml"  # the end-to-end study: kd and a 2 x 2 freq grid, one seed
 VARIANTS = ["freq-high=kd-ratio=0.1", "freq-high=kd-ratio=0.2", "freq-high=none-ratio=0.1", "freq-high=none-ratio=0.2"]
-COMMIT = "git add -A && git -c user.email=t@t -c user.name=t commit -qm"
-
-
-def run(cmd, cwd, check=True, venv_on_path=True):
-    path = [p for p in os.environ["PATH"].split(os.pathsep) if Path(p) != BIN]
-    env = {**os.environ, "PATH": os.pathsep.join([str(BIN)] * venv_on_path + path), "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, shell=isinstance(cmd, str))
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def copy_repo(dest: Path) -> Path:
-    """A fresh git repository holding the project's files, as a user's clone would."""
-    files = run(["git", "ls-files", "-co", "--exclude-standard"], REPO).stdout.split()
-    for name in files:
-        src = REPO / name
-        if src.is_file() or src.is_symlink():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name, follow_symlinks=False)
-    run("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm init", dest)
-    return dest
-
-
-def executed_jobs(log: str) -> list[tuple[str, dict]]:
-    """(rule, wildcards) of every job Snakemake ran, from its log."""
-    jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", log):
-        head = re.match(r"(?:local)?rule (\w+):", block)
-        if head:
-            wc = re.search(r"wildcards: (.*)", block)
-            pairs = dict(p.split("=", 1) for p in wc.group(1).split(", ")) if wc else {}
-            jobs.append((head.group(1), pairs))
-    return jobs
-
-
-def trained(log: str) -> list[tuple[str, dict]]:
-    """The data and training jobs among those Snakemake ran."""
-    return [(rule, wc) for rule, wc in executed_jobs(log) if rule in ("prepare", "split", "teacher", "baseline", "student")]
 
 
 def experiments(shown) -> list[dict]:

@@ -15,19 +15,45 @@ from pathlib import Path
 DEFAULT_PARAMS = "params.yaml"
 
 
-def _study(args):
+def _json_option(text: str, option: str, *, from_file: bool = False) -> dict:
+    """The JSON object an option holds (or, with from_file, the file an ``@path`` value names).
+
+    Bad JSON is the user's typo, so it is one line naming the option and the place, not a traceback.
+    """
+    from segkd.errors import UserError
+
+    where = option
+    if from_file and text.startswith("@"):
+        path = Path(text[1:])
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UserError(f"{option}: file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"{option}: cannot read {path} ({err})") from None
+        where = f"{option} {path}"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{where}: not valid JSON ({err.msg}: line {err.lineno} column {err.colno})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _study(args, check_methods: bool = True):
     """The study from --params: a YAML file, or inline JSON (what the workflow passes)."""
     from segkd.config import Study, load_study, validate
 
     if args.params.lstrip().startswith("{"):
-        return Study(validate(json.loads(args.params)))
-    return load_study(args.params)
+        return Study(validate(_json_option(args.params, "--params"), check_methods=check_methods))
+    return load_study(args.params, check_methods=check_methods)
 
 
 def _section(args, name: str) -> dict:
     """One section of the study: inline JSON from --<name>, else read from --params."""
     inline = getattr(args, name)
-    return json.loads(inline) if inline else _study(args).params[name]
+    return _json_option(inline, f"--{name}") if inline else _study(args).params[name]
 
 
 def cmd_prepare(args) -> None:
@@ -51,13 +77,18 @@ def cmd_split(args) -> None:
 
 
 def _spec_from_args(args) -> dict:
+    """The run spec of --spec, or the one the study in --params gives; validated either way, so a
+    spec that cannot run stops here with its key named instead of failing inside the job."""
+    from segkd.config import validate_spec
+
     if args.spec:
-        text = Path(args.spec[1:]).read_text() if args.spec.startswith("@") else args.spec
-        return json.loads(text)
+        return validate_spec(_json_option(args.spec, "--spec", from_file=True), source="--spec")
     study = _study(args)
     if args.role == "teacher":
-        return study.run_spec("teacher", teacher=args.teacher, fold=args.fold)
-    return study.run_spec("student", teacher=args.teacher, method=args.method, seed=args.seed, fold=args.fold)
+        spec = study.run_spec("teacher", teacher=args.teacher, fold=args.fold)
+    else:
+        spec = study.run_spec("student", teacher=args.teacher, method=args.method, seed=args.seed, fold=args.fold)
+    return validate_spec(spec)
 
 
 def cmd_train(args) -> None:
@@ -75,24 +106,35 @@ def cmd_train(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    from segkd.engine.evaluate import resolve_device
+
+    if resolve_device(spec["train"]["device"]).type == "cpu":
+        # A training process keeps freed host memory for the next step (see engine.allocator); it is
+        # process-wide, so the process's owner opts in here rather than the library's train().
+        from segkd.engine.allocator import retain_freed_memory
+
+        retain_freed_memory()
     train(spec, out)
 
 
 def cmd_evaluate(args) -> None:
-    from segkd.engine.evaluate import evaluate_checkpoint
+    from segkd.engine.evaluate import check_output, evaluate_checkpoint, write_text_atomic
 
+    if args.out:  # before evaluating: a typo in --out must not cost an evaluation
+        check_output(args.out, "--out")
     metrics = evaluate_checkpoint(args.checkpoint, fold=args.fold, prepared=args.prepared,
                                   folds_file=args.folds_file, device=args.device)
     text = json.dumps(metrics, indent=2, sort_keys=True)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        write_text_atomic(Path(args.out), text + "\n")
     print(text)
 
 
 def cmd_aggregate(args) -> None:
     from segkd.report.aggregate import aggregate
 
-    aggregate(_study(args), runs=Path(args.runs), out=Path(args.out), allow_missing=args.allow_missing)
+    aggregate(_study(args), runs=Path(args.runs), out=Path(args.out), allow_missing=args.allow_missing,
+              exclude_stale=args.exclude_stale)
 
 
 def cmd_bands(args) -> None:
@@ -103,6 +145,18 @@ def cmd_bands(args) -> None:
 
         torch.set_num_threads(args.threads)
     print(bands(args.run, images=args.images, out=args.out))
+
+
+def cmd_status(args) -> None:
+    from segkd import preflight, status
+    from segkd.errors import UserError
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs: expected at least 1 parallel job, got {args.jobs}")
+    study = _study(args, check_methods=False)  # reads the run grid; the workflow checks the losses' options
+    report = status.study_status(study, runs_root=Path(args.runs), logs_root=Path(args.logs), jobs=args.jobs,
+                                 problems=preflight.check_study(study))
+    print(json.dumps(status.as_json(report), indent=1) if args.json else status.format_text(report, args.all))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs", default="runs")
     sp.add_argument("--out", default="results")
     sp.add_argument("--allow-missing", action="store_true", help="report missing runs instead of failing")
+    sp.add_argument("--exclude-stale", action="store_true",
+                    help="report runs trained under another spec than the study's (stale) and leave them out, "
+                         "instead of failing")
 
     sp = add("bands", cmd_bands, "draw a frequency-distilled student's bands against its teacher's",
              "For the first few test images of a student run's fold, draw the teacher's decoder feature and "
@@ -176,6 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--images", type=int, default=3, help="test images shown (default: %(default)s)")
     sp.add_argument("--out", help="PNG file (default: <run>/bands.png)")
     sp.add_argument("--threads", type=int, help="torch CPU threads")
+
+    sp = add("status", cmd_status, "where the study's runs stand, and how long the rest takes",
+             "List the study's runs (the workflow's run grid) by state: done, stale (trained under another "
+             "spec, will re-train), running, interrupted (resumable from partial.pt), failed (the log's last "
+             "error shown) or missing; count them per teacher and method; estimate the compute time left from "
+             "the speed of finished runs. Reads metrics.json, progress.json and log tails, never a checkpoint. "
+             "First lists the problems (dataset root, pretrained files) that would make every job fail.")
+    sp.add_argument("--runs", default="runs", help="run tree (default: %(default)s)")
+    sp.add_argument("--logs", default="logs", help="job logs (default: %(default)s)")
+    sp.add_argument("--jobs", type=int, default=1,
+                    help="parallel jobs for the wall-time estimate: compute time / jobs (default: %(default)s)")
+    sp.add_argument("--all", action="store_true", help="list every run, not only those that are not done")
+    sp.add_argument("--json", action="store_true", help="everything as JSON, for scripts")
     return p
 
 

@@ -8,6 +8,8 @@ offending key, e.g. ``train.lr: -1 is less than or equal to the minimum of 0``.
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -51,8 +53,12 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<root>"
 
 
-def validate(raw: dict) -> dict:
-    """Validate a params mapping, fill defaults, and check what the schema cannot express."""
+def validate(raw: dict, *, check_methods: bool = True) -> dict:
+    """Validate a params mapping, fill defaults, and check what the schema cannot express.
+
+    `check_methods` also checks every method's loss options, which builds each loss (torch); a reader
+    of the study that runs nothing (`segkd status`) may skip it: the check changes no value.
+    """
     if not isinstance(raw, dict):
         raise ConfigError("params: expected a mapping at the top level")
     params = copy.deepcopy(raw)
@@ -63,6 +69,8 @@ def validate(raw: dict) -> dict:
         raise ConfigError("invalid study parameters:\n  " + "\n  ".join(lines))
     if params["dataset"]["name"] == "camvid" and not params["dataset"].get("root"):
         raise ConfigError("dataset.root: required for the camvid dataset (folder in the SegNet layout)")
+    if not check_methods:
+        return params
     from segkd.distill.registry import check_terms  # unknown losses and options fail here, before any job
 
     try:  # every variant of a grid, so a bad value anywhere in a list is named before any job runs
@@ -73,7 +81,73 @@ def validate(raw: dict) -> dict:
     return params
 
 
-def load_study(path: str | Path) -> "Study":
+@functools.lru_cache(maxsize=None)  # read-only once built; a workflow checks one spec per run
+def _spec_schema() -> dict:
+    """The JSON schema of a run spec (what `Study.run_spec` returns), cut from the study schema.
+
+    The sections a spec copies from the study (train, the dataset's name and size, tracking) reuse the
+    study's own definitions, so the two schemas cannot drift apart: a spec that a hand edit or another
+    segkd version wrote fails here with the key named, not as a KeyError halfway through a job.
+    """
+    study = _schema()
+    p = study["properties"]
+    train = copy.deepcopy(p["train"])  # a spec's iterations are the role's own, at the top level
+    iterations = train["properties"].pop("iterations")["properties"]["student"]
+    train["required"] = [k for k in train["required"] if k != "iterations"]
+    dataset = p["dataset"]
+    model = p["models"]["properties"]["teachers"]["items"]  # a SegFormer name, student or teacher
+    path = {"type": "string", "minLength": 1}
+    terms = copy.deepcopy(p["methods"]["additionalProperties"])  # one method's terms
+    terms.pop("minProperties")  # teachers and the baseline have none
+    properties = {
+        "study": p["study"],
+        "role": {"enum": [TEACHER_ROLE, STUDENT_ROLE]},
+        "model": model,
+        "teacher": {**model, "type": ["string", "null"]},  # a pattern applies to strings only
+        "teacher_checkpoint": {**path, "type": ["string", "null"]},
+        "method": {"type": ["string", "null"]},
+        "terms": terms,
+        "seed": p["teacher_seed"],
+        "fold": {"type": "integer", "minimum": 0},
+        "dataset": {"type": "object", "additionalProperties": False, "required": dataset["required"],
+                    "properties": {k: dataset["properties"][k] for k in dataset["required"]}},
+        "prepared": path,
+        "folds_file": path,
+        "pretrained": {**p["models"]["properties"]["pretrained"]["additionalProperties"],
+                       "type": ["string", "null"]},
+        "iterations": iterations,
+        "train": train,
+        "tracking_uri": p["tracking"]["properties"]["uri"],
+        "tracking": {"type": "object", "additionalProperties": False,
+                     "properties": {"enabled": p["tracking"]["properties"]["enabled"]}},
+    }
+    return {"$schema": study["$schema"], "type": "object", "additionalProperties": False,
+            "required": list(properties), "properties": properties}
+
+
+def validate_spec(spec: Any, source: str = "run spec") -> dict:
+    """Check a run spec before a job uses it; returns a copy with the train defaults filled.
+
+    Errors are one line, each key named (``--spec: train.batch_size: 'eight' is not of type
+    'integer'``), `source` first; the distillation terms are checked like a study's methods.
+    """
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{source}: expected a JSON object, got {type(spec).__name__}")
+    spec = copy.deepcopy(spec)
+    validator = _with_defaults(jsonschema.Draft202012Validator)(_spec_schema())
+    errors = sorted(validator.iter_errors(spec), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError(f"{source}: " + "; ".join(f"{_key(e.absolute_path)}: {e.message}" for e in errors))
+    from segkd.distill.registry import check_terms
+
+    try:
+        check_terms(spec["terms"], where="terms")
+    except UserError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    return spec
+
+
+def load_study(path: str | Path, *, check_methods: bool = True) -> "Study":
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
@@ -81,7 +155,7 @@ def load_study(path: str | Path) -> "Study":
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    return Study(validate(raw), source=path)
+    return Study(validate(raw, check_methods=check_methods), source=path)
 
 
 @dataclass(frozen=True)
@@ -179,3 +253,8 @@ class Study:
 def spec_json(spec: dict) -> str:
     """Canonical JSON of a run spec (sorted keys), so equal specs compare equal as strings."""
     return json.dumps(spec, sort_keys=True)
+
+
+def spec_hash(spec: dict) -> str:
+    """Short content hash of a run spec (12 hex digits of the SHA-256 of its canonical JSON)."""
+    return hashlib.sha256(spec_json(spec).encode()).hexdigest()[:12]

@@ -1,4 +1,5 @@
-"""Artifact paths, in one place, so Snakemake, DVC and the aggregator agree on where things live.
+"""Artifact paths, in one place, so Snakemake, DVC, the aggregator and `segkd status` agree on where
+things live.
 
 All paths are relative to the study's working directory (the repository root by default).
 """
@@ -8,6 +9,15 @@ from pathlib import Path
 DATA = Path("data")
 RUNS = Path("runs")
 RESULTS = Path("results")
+LOGS = Path("logs")
+
+# The files of one run directory. partial.pt holds the periodic checkpoints of a run in progress;
+# checkpoint.pt is written once, at the end: workflow managers delete a failed job's declared
+# outputs, so the resumable state must not be one. progress.json is rewritten at every log point
+# (iteration, speed, process) so that `segkd status` need not open a checkpoint.
+CHECKPOINT, PARTIAL, METRICS, PROGRESS = "checkpoint.pt", "partial.pt", "metrics.json", "progress.json"
+CONFUSION_PLOT = "confusion.png"
+MLFLOW_RUN = "mlflow_run.json"  # the run's MLflow run id, written as soon as the run is created
 
 
 def prepared_dir(dataset: str) -> Path:
@@ -25,3 +35,8 @@ def teacher_dir(teacher: str, fold: int) -> Path:
 def student_dir(teacher: str | None, method: str, seed: int, fold: int) -> Path:
     """The no-KD baseline has no teacher: runs/students/none/baseline/seed{s}/fold{f}."""
     return RUNS / "students" / (teacher or "none") / method / f"seed{seed}" / f"fold{fold}"
+
+
+def log_file(run_dir: str | Path) -> Path:
+    """A training job's log: logs/<run directory below runs/>.log (logs/teachers/segformer_b2/fold0.log)."""
+    return LOGS / Path(run_dir).relative_to(RUNS).with_suffix(".log")

@@ -10,7 +10,7 @@ One MLflow experiment per study; its runs form a tree, so the UI groups them the
 
 Jobs run in separate processes (Snakemake, Slurm), so two things must not race:
 - the store's schema: the first use of a fresh SQLite store by several processes at once corrupts it.
-  `init_store` creates / migrates it (what `mlflow db upgrade <uri>` does) under a file lock.
+  `init_store` creates it under a file lock (an out-of-date one is upgraded by `mlflow db upgrade`).
 - the parent nodes: each job finds its node by tag or creates it. For a SQLite store the
   find-or-create runs under the same file lock (`<db>.lock` beside the database). A server or
   database backend shared across machines has no common lock file: there, create every node once
@@ -36,7 +36,6 @@ import mlflow  # noqa: F401  (the one place segkd depends on MLflow)
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.store.db import utils as db_utils
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 if TYPE_CHECKING:
@@ -89,30 +88,25 @@ def _is_database(uri: str) -> bool:
     return uri.split(":", 1)[0].split("+", 1)[0] in _DB_SCHEMES
 
 
-def _schema_is_current(engine) -> bool:
-    return (db_utils._all_tables_exist(engine)
-            and db_utils._get_schema_version(engine) == db_utils._get_latest_schema_revision())
+def _create_schema(uri: str) -> None:
+    """Create the schema of a fresh database store, under the store's lock.
 
-
-def _migrate(uri: str) -> None:
-    """Create or upgrade the schema of a database store (the `mlflow db upgrade <uri>` command).
-
-    Only the writing step holds the store's lock: reading the schema version is safe while
-    another process creates the schema, and an up-to-date store (the usual case) is not locked.
+    Opening MLflow's SQL store creates the tables of an empty database (its documented behaviour on a
+    fresh installation); parallel first use of a fresh SQLite file must not race, hence the lock. An
+    out-of-date schema is the user's to upgrade, after a backup, as MLflow itself says: one line.
     """
     if not _is_database(uri):
         return  # an MLflow server (http[s]://...) manages its own schema
-    engine = db_utils.create_sqlalchemy_engine_with_retry(uri)
     try:
-        if _schema_is_current(engine):
-            return
         with _store_lock(uri):
-            if db_utils._is_empty_database(engine):
-                db_utils._initialize_tables(engine)
-            elif not _schema_is_current(engine):
-                db_utils._upgrade_db(engine)
-    finally:
-        engine.dispose()
+            _client(uri).search_experiments(max_results=1)
+    except MlflowException as err:
+        if "out-of-date database schema" not in err.message:
+            raise
+        from segkd.errors import UserError
+
+        raise UserError(f"MLflow store {uri}: out-of-date schema; back it up, then run "
+                        f"`mlflow db upgrade {uri}`") from None
 
 
 def _client(uri: str) -> MlflowClient:
@@ -130,7 +124,7 @@ def _ensure_experiment(client: MlflowClient, study: str, uri: str) -> str:
 
 
 def init_store(uri: str | None = None, study: str | None = None) -> str | None:
-    """Create or migrate the tracking store and, if `study` is given, its experiment.
+    """Create the tracking store (its schema) and, if `study` is given, its experiment.
 
     Call once before jobs fan out (e.g. in Snakemake's ``onstart``); every job calls it again,
     which is cheap and safe: creation runs under the store's file lock and is idempotent.
@@ -144,7 +138,7 @@ def init_store(uri: str | None = None, study: str | None = None) -> str | None:
         # the lock, so parallel jobs pay it side by side rather than one after another.
         importlib.import_module("mlflow.store.tracking.sqlalchemy_store")
     if (uri, None) not in _ready:
-        _migrate(uri)
+        _create_schema(uri)
         _ready[(uri, None)] = None
     exp_id = None
     if study is not None:
@@ -272,11 +266,13 @@ def start_run_for(spec: Mapping[str, Any], *, run_id: str | None = None, uri: st
             run = client.get_run(run_id)
         except MlflowException:
             run = None
-        if run is not None and run.info.experiment_id == experiment:
+        if run is None or run.info.experiment_id != experiment:
+            log.warning("MLflow run %s not found in experiment %r of %s; starting a new run",
+                        run_id, spec["study"], uri)
+        elif run.info.status != RunStatus.to_string(RunStatus.FINISHED):  # an interrupted attempt
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            return RunLogger(client, run_id, flush_every=flush_every)
-        log.warning("MLflow run %s not found in experiment %r of %s; starting a new run",
-                    run_id, spec["study"], uri)
+            return RunLogger(client, run_id, flush_every=flush_every, logged=_last_steps(client, run))
+        # a finished run is a result: re-training (changed code) makes a new run beside it
     if spec["role"] == "teacher":
         parent = _teachers_node(experiment, spec["study"], uri)
     else:
@@ -289,28 +285,51 @@ def start_run_for(spec: Mapping[str, Any], *, run_id: str | None = None, uri: st
     return RunLogger(client, run.info.run_id, flush_every=flush_every)
 
 
+def _last_steps(client: MlflowClient, run) -> dict[str, int]:
+    """The last step logged of each metric of `run` (what an interrupted attempt got into the store)."""
+    return {key: max(m.step for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics}
+
+
 class RunLogger:
     """Logs one job's metrics in batches (one `log_batch` call per `flush_every` values, so
     many jobs do not queue on a SQLite store), its final scores and artifacts; a context manager
-    that ends the run FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises."""
+    that ends the run FINISHED, or FAILED (KILLED on Ctrl-C) when the block raises.
+
+    Kill-safe: a run reopened after a kill knows the last step of each metric already in the store
+    (`logged`) and drops values at or before it, so the resumed job can log its whole history again
+    (`log_history`: what the checkpoint holds, including what was buffered at the kill) and every step
+    ends up in the store exactly once.
+    """
 
     FINAL_SCALARS = ("mIoU", "mPA", "aAcc", "wall_time_s", "images_per_s")
 
-    def __init__(self, client: MlflowClient, run_id: str, *, flush_every: int = 50):
+    def __init__(self, client: MlflowClient, run_id: str, *, flush_every: int = 50,
+                 logged: Mapping[str, int] | None = None):
         if flush_every < 1:
             raise ValueError("flush_every must be >= 1")
         self.client = client
         self.run_id = run_id
         self.flush_every = min(flush_every, 1000)  # MLflow's log_batch limit for metrics
+        self.logged = dict(logged or {})  # metric -> last step in the store
         self._buffer: list[Metric] = []
         self._closed = False
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Buffer `metrics` at `step` (values converted to float); flushed every `flush_every`."""
-        now = int(time.time() * 1000)
-        self._buffer.extend(Metric(key, float(value), now, int(step)) for key, value in metrics.items())
+        """Buffer `metrics` at `step` (values converted to float); flushed every `flush_every`.
+        A metric at or before its last logged step is dropped (see the class doc)."""
+        now, step = int(time.time() * 1000), int(step)
+        for key, value in metrics.items():
+            if step > self.logged.get(key, -1):
+                self._buffer.append(Metric(key, float(value), now, step))
+                self.logged[key] = step
         if len(self._buffer) >= self.flush_every:
             self.flush()
+
+    def log_history(self, history: Iterable[Mapping[str, float]], step_key: str = "iteration") -> None:
+        """Log records ``{"iteration": k, "loss": ..., ...}`` (a run's history) at their steps."""
+        for record in history:
+            self.log_metrics(record[step_key], {k: v for k, v in record.items() if k != step_key})
 
     def flush(self) -> None:
         while self._buffer:

@@ -1,15 +1,40 @@
-# Config validation, the study's run grid and the source files each rule runs.
+# The study (params.yaml or a --configfile), its validation, its run grid and the code fingerprint of
+# each job kind.
+#
+# `snakemake --lint` reports two lints that are kept on purpose:
+# - "Specify a conda environment or container for each rule" (7 rules): the environment is the
+#   project's own (.venv from requirements.lock, `make`), and every job runs with the interpreter that
+#   runs Snakemake (SEGKD below); a conda or container directive would be a second, drifting copy.
+# - "Shell command directly uses variable SEGKD from outside of the rule" (7 rules): as a params entry
+#   the interpreter's path would be a job parameter, and moving or re-creating the environment would
+#   re-run every job of a days-long study (Snakemake's params trigger).
 import json
 import shlex
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from segkd import layout
+from segkd import fingerprint, layout, preflight
 from segkd.config import Study, spec_json
+from segkd.data import prepare as prepared_files
 from segkd.config import validate as validate_study
+from segkd.report.bands import freq_term
+from segkd.runs import expected_runs
 from segkd.sweep import NAME_PATTERN
+
+
+def study_files_on_the_command_line():
+    """The --configfile paths. A study file is a whole study: it replaces params.yaml rather than being
+    merged into it, as Snakemake's `configfile:` directive would. Snakemake has no public accessor
+    for these paths (`config` is already their merge), so this reads Workflow's attribute, here
+    alone; every workflow test fails at once (AttributeError) if Snakemake renames it."""
+    return workflow.overwrite_configfiles
+
+
+if not study_files_on_the_command_line():
+    configfile: "params.yaml"
 
 # Jobs run segkd with the interpreter running Snakemake, not the first `segkd` on PATH: so
 # `.venv/bin/snakemake` works in a shell without the environment activated, and no other install
@@ -23,6 +48,12 @@ DATASET = STUDY.dataset["name"]
 PREPARED = str(layout.prepared_dir(DATASET))
 FOLDS_FILE = str(layout.folds_file(DATASET))
 
+# Every file the study names (the dataset root, each pretrained checkpoint, loaded into its model)
+# is checked before any job is planned, also by a dry run: one line per problem, not hours in.
+PROBLEMS = preflight.check_study(STUDY, prepared=Path(PREPARED, prepared_files.MANIFEST).exists())
+if PROBLEMS:
+    raise WorkflowError(f"the study names {len(PROBLEMS)} missing or unusable file(s):\n  " + "\n  ".join(PROBLEMS))
+
 
 wildcard_constraints:
     teacher=r"segformer_b[0-5]",
@@ -31,21 +62,16 @@ wildcard_constraints:
     method=NAME_PATTERN,  # method and grid variant names (freq-high=kd-ratio=0.1)
 
 
-def sources(*modules):
-    """The segkd source files a rule runs: a code change re-runs exactly the jobs that use it."""
-    return [f"src/segkd/{m}.py" for m in ("__init__", "__main__", "cli", "config", "errors", "layout", "classes") + modules]
-
-
-DATA_CODE = sources("data/prepare", "data/camvid", "data/synthetic")
-SPLIT_CODE = sources("data/folds", "data/prepare")
-TRAIN_CODE = sources(
-    "data/prepare", "data/folds", "data/augment",
-    "models/__init__", "models/segformer", "models/weights",
-    "engine/train", "engine/allocator", "engine/batches", "engine/checkpoint", "engine/evaluate", "engine/metrics", "engine/optim",
-    "tracking", "report/plots",
-)
-DISTILL_CODE = [str(p) for p in sorted(Path("src/segkd/distill").glob("*.py"))]
-REPORT_CODE = sources("report/aggregate", "report/stats", "report/plots", "report/markdown", "tracking")
+# Each job depends on a fingerprint of the code that can change its numbers (segkd.fingerprint), as a
+# parameter: a touched, re-checked-out, reformatted or commented file re-runs nothing, and CLI wording,
+# tracking and plots are not training inputs. The workflow's own checkout is hashed: its code is what
+# a user edits.
+CODE = fingerprint.job_fingerprints(Path(workflow.basedir) / "src" / "segkd")
+RUNS = expected_runs(STUDY)  # the study's run grid, shared with `segkd aggregate` and `segkd status`
+# Run directories as wildcard patterns, from segkd.layout (the one place paths are spelt).
+TEACHER_RUN = str(layout.teacher_dir("{teacher}", "{fold}"))
+BASELINE_RUN = str(layout.student_dir(None, "baseline", "{seed}", "{fold}"))
+STUDENT_RUN = str(layout.student_dir("{teacher}", "{method}", "{seed}", "{fold}"))
 
 
 def teacher_dir(teacher, fold):
@@ -56,15 +82,13 @@ def student_dir(teacher, method, seed, fold):
     return str(layout.student_dir(None if teacher == "none" else teacher, method, int(seed), int(fold)))
 
 
-def all_run_dirs():
-    """Every run of the study; STUDY.methods lists each variant of a grid as a method of its own."""
-    runs = [teacher_dir(t, f) for t in STUDY.teachers for f in STUDY.folds]
-    runs += [student_dir("none", "baseline", s, f) for s in STUDY.seeds for f in STUDY.folds]
-    runs += [
-        student_dir(t, m, s, f)
-        for t in STUDY.teachers for m in STUDY.methods for s in STUDY.seeds for f in STUDY.folds
-    ]
-    return runs
+def run_log(run_dir):
+    return str(layout.log_file(run_dir))
+
+
+def run_files(kind=None, name=layout.METRICS):
+    """`name` in the run directory of every run of the study (of one job kind: teacher, baseline, student)."""
+    return [str(run.dir / name) for run in RUNS if kind is None or run.kind in kind]
 
 
 def tracking_uri():

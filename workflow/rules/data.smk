@@ -1,19 +1,18 @@
 # Data: decode and resize once into compact arrays, then cut the folds.
 # Downstream rules depend on the small manifest.json (it carries the arrays' checksums), never on the
 # arrays: Snakemake compares small inputs by checksum, so a `dvc checkout` that only rewrites file
-# times re-runs nothing.
+# times re-runs nothing, and a re-run of `prepare` that writes the same data re-trains nothing.
 
 
 rule prepare:
-    input:
-        code=DATA_CODE,
     output:
-        images=f"{PREPARED}/images.npy",
-        labels=f"{PREPARED}/labels.npy",
-        manifest=f"{PREPARED}/manifest.json",
+        images=f"{PREPARED}/{prepared_files.IMAGES}",
+        labels=f"{PREPARED}/{prepared_files.LABELS}",
+        manifest=f"{PREPARED}/{prepared_files.MANIFEST}",
     params:
         dataset=json.dumps(STUDY.dataset, sort_keys=True),
-        out=PREPARED,
+        out=lambda wc, output: str(Path(output.manifest).parent),
+        code=CODE["data"],
     log:
         f"logs/prepare/{DATASET}.log",
     threads: 2
@@ -27,13 +26,13 @@ rule prepare:
 rule split:
     input:
         manifest=rules.prepare.output.manifest,
-        code=SPLIT_CODE,
     output:
         FOLDS_FILE,
     params:
         dataset=json.dumps({"name": DATASET}),
         folds=json.dumps(STUDY.params["folds"], sort_keys=True),
-        prepared=PREPARED,
+        prepared=lambda wc, input: str(Path(input.manifest).parent),
+        code=CODE["data"],
     log:
         f"logs/split/{DATASET}.log",
     threads: 1

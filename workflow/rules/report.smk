@@ -2,22 +2,18 @@
 # and the band figure of each frequency-distilled method (first seed, first fold).
 
 GRID = any(v.swept for v in STUDY.variants.values())  # a method grid adds the sensitivity figure
-FREQ_VARIANTS = [
-    name for name, v in STUDY.variants.items()
-    if any(options.get("loss", term) == "freq" for term, options in v.terms.items())
-]
+FREQ_VARIANTS = [name for name, v in STUDY.variants.items() if freq_term(v.terms)]  # each draws a band figure
 BAND_FIGURES = [f"results/bands/{t}/{m}.png" for t in STUDY.teachers for m in FREQ_VARIANTS]
-BANDS_CODE = list(dict.fromkeys(TRAIN_CODE + DISTILL_CODE + sources("report/bands")))
 
 
 rule bands:
     input:
         metrics=lambda wc: f"{student_dir(wc.teacher, wc.method, STUDY.seeds[0], STUDY.folds[0])}/metrics.json",
-        code=BANDS_CODE,
     output:
         "results/bands/{teacher}/{method}.png",
     params:
         run=lambda wc: student_dir(wc.teacher, wc.method, STUDY.seeds[0], STUDY.folds[0]),
+        code=CODE["bands"],
     log:
         "logs/bands/{teacher}/{method}.log",
     threads: 1
@@ -30,8 +26,7 @@ rule bands:
 
 rule aggregate:
     input:
-        metrics=[f"{d}/metrics.json" for d in all_run_dirs()],
-        code=REPORT_CODE,
+        metrics=run_files(),
         bands=BAND_FIGURES,  # not read: `snakemake aggregate` (rule all, DVC's report stage) draws them too
     output:
         runs="results/runs.csv",
@@ -43,6 +38,7 @@ rule aggregate:
         ),
     params:
         study=json.dumps(STUDY.params, sort_keys=True),
+        code=CODE["report"],
     log:
         "logs/aggregate.log",
     threads: 1

@@ -6,7 +6,6 @@
 TRAIN_INPUT = dict(
     manifest=rules.prepare.output.manifest,
     folds=FOLDS_FILE,
-    code=TRAIN_CODE,
 )
 TRAIN_CMD = (  # paths quoted: variant names hold '=' (freq-high=kd-ratio=0.1)
     "{SEGKD} train --spec {params.spec:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
@@ -17,13 +16,14 @@ rule teacher:
     input:
         **TRAIN_INPUT,
     output:
-        checkpoint="runs/teachers/{teacher}/fold{fold}/checkpoint.pt",
-        metrics="runs/teachers/{teacher}/fold{fold}/metrics.json",
+        checkpoint=f"{TEACHER_RUN}/{layout.CHECKPOINT}",
+        metrics=f"{TEACHER_RUN}/{layout.METRICS}",
     params:
         spec=lambda wc: spec_json(STUDY.run_spec("teacher", teacher=wc.teacher, fold=int(wc.fold))),
         out=lambda wc: teacher_dir(wc.teacher, wc.fold),
+        code=CODE["train"],
     log:
-        "logs/teachers/{teacher}/fold{fold}.log",
+        run_log(TEACHER_RUN),
     priority: 10  # on the critical path: every student of the fold waits for its teacher
     threads: 1
     resources:
@@ -38,15 +38,16 @@ rule baseline:
     input:
         **TRAIN_INPUT,
     output:
-        checkpoint="runs/students/none/baseline/seed{seed}/fold{fold}/checkpoint.pt",
-        metrics="runs/students/none/baseline/seed{seed}/fold{fold}/metrics.json",
+        checkpoint=f"{BASELINE_RUN}/{layout.CHECKPOINT}",
+        metrics=f"{BASELINE_RUN}/{layout.METRICS}",
     params:
         spec=lambda wc: spec_json(
             STUDY.run_spec("student", method="baseline", seed=int(wc.seed), fold=int(wc.fold))
         ),
         out=lambda wc: student_dir("none", "baseline", wc.seed, wc.fold),
+        code=CODE["train"],
     log:
-        "logs/students/none/baseline/seed{seed}/fold{fold}.log",
+        run_log(BASELINE_RUN),
     threads: 1
     resources:
         gpu=1,
@@ -59,18 +60,18 @@ rule baseline:
 rule student:
     input:
         **TRAIN_INPUT,
-        distill_code=DISTILL_CODE,
         teacher=rules.teacher.output.metrics,  # small, checksummed; the checkpoint is read by path
     output:
-        checkpoint="runs/students/{teacher}/{method}/seed{seed}/fold{fold}/checkpoint.pt",
-        metrics="runs/students/{teacher}/{method}/seed{seed}/fold{fold}/metrics.json",
+        checkpoint=f"{STUDENT_RUN}/{layout.CHECKPOINT}",
+        metrics=f"{STUDENT_RUN}/{layout.METRICS}",
     params:
         spec=lambda wc: spec_json(
             STUDY.run_spec("student", teacher=wc.teacher, method=wc.method, seed=int(wc.seed), fold=int(wc.fold))
         ),
         out=lambda wc: student_dir(wc.teacher, wc.method, wc.seed, wc.fold),
+        code=CODE["student"],
     log:
-        "logs/students/{teacher}/{method}/seed{seed}/fold{fold}.log",
+        run_log(STUDENT_RUN),
     threads: 1
     resources:
         gpu=1,
@@ -83,12 +84,12 @@ rule student:
 rule teachers:
     """Target: every teacher of the study (the DVC 'teachers' stage runs this)."""
     input:
-        [f"{teacher_dir(t, f)}/metrics.json" for t in STUDY.teachers for f in STUDY.folds],
+        run_files("teacher"),
     localrule: True
 
 
 rule students:
     """Target: every student and baseline run of the study (the DVC 'students' stage runs this)."""
     input:
-        [f"{d}/metrics.json" for d in all_run_dirs() if d.startswith("runs/students")],
+        run_files(("baseline", "student")),
     localrule: True

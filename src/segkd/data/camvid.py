@@ -145,6 +145,9 @@ def find_items(root: str | Path) -> list[Item]:
         items = _original_items(root, labels)
     if not items:
         raise UserError(f"{root}: no labelled images found")
+    if not any(it.split == "train" for it in items):
+        raise UserError(f"{root}: no training images (none of the {len(items)} labelled images is in the "
+                        "train split)")
     ids = [it.id for it in items]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})[0]
@@ -193,6 +196,9 @@ def _segnet_items(root: Path) -> list[Item]:
             raise UserError(f"{missing}: folder missing (SegNet layout pairs {split}/ with {split}annot/)")
         images = _by_stem(_image_files(image_dir), "image")
         labels = _by_stem(_image_files(label_dir), "label")
+        if not images and not labels:  # a failed copy or download, not a split that is meant to be empty
+            raise UserError(f"{image_dir}: no images in {split}/ or {split}annot/ (fill the pair of folders, "
+                            "or remove both)")
         listing = root / f"{split}.txt"
         if listing.is_file():
             stems = _read_list(listing)

@@ -151,6 +151,16 @@ class Distillation(nn.Module):
                 for name, loss in self.terms.items()}
 
 
+def loss_of(term: str, options: dict) -> str:
+    """The loss a method's term uses: its `loss` option, else the term's own name (``kd: {weight}``)."""
+    return options.get("loss", term)
+
+
+def terms_using(terms: dict[str, dict], loss: str) -> list[str]:
+    """The names of a method's terms that use `loss`, in the method's order."""
+    return [term for term, options in terms.items() if loss_of(term, options) == loss]
+
+
 def build_distillation(terms: dict[str, dict], student_dims: dict, teacher_dims: dict, *,
                        where: str = "methods") -> Distillation:
     """A `Distillation` from a method's terms (``{term: {loss?, weight, ...options}}``).
@@ -163,7 +173,7 @@ def build_distillation(terms: dict[str, dict], student_dims: dict, teacher_dims:
         key = f"{where}.{term}"
         if not isinstance(options, dict):
             raise UserError(f"{key}: expected a mapping of options, got {options!r}")
-        loss_name = options.get("loss", term)
+        loss_name = loss_of(term, options)
         if loss_name not in LOSSES:
             raise UserError(f"{key}: unknown loss {loss_name!r}; known: {', '.join(sorted(LOSSES))}")
         cls = LOSSES[loss_name]

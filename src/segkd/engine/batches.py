@@ -7,6 +7,8 @@ order is a pure function of the seed, which makes runs bit-reproducible and resu
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,7 @@ class FoldData:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     dataset: str
+    identity: dict  # what the data is (see data_identity); stored in every checkpoint
 
 
 def load_fold(prepared: str, folds_file: str, fold: int, dataset: dict | None = None,
@@ -50,7 +53,17 @@ def load_fold(prepared: str, folds_file: str, fold: int, dataset: dict | None = 
         labels = torch.from_numpy(np.ascontiguousarray(data.labels[idx]))
         return (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
 
-    return FoldData(*take(part["train"]), *take(part["test"]), dataset=man["dataset"])
+    return FoldData(*take(part["train"]), *take(part["test"]), dataset=man["dataset"],
+                    identity=data_identity(man, folds, fold))
+
+
+def data_identity(manifest: dict, folds: dict, fold: int) -> dict:
+    """What a run was trained and evaluated on: dataset, size, the prepared arrays' checksums and a
+    checksum of the fold's split. Two runs with equal identities saw the same pixels and labels."""
+    split = json.dumps(folds["folds"][fold], sort_keys=True).encode()
+    return {"dataset": manifest["dataset"], "height": manifest["height"], "width": manifest["width"],
+            "arrays_sha256": manifest["arrays_sha256"], "fold": fold,
+            "fold_sha256": hashlib.sha256(split).hexdigest()}
 
 
 class BatchSampler:

@@ -10,40 +10,37 @@ kernels, e.g. atomics in upsampling backward, are not bitwise deterministic).
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from segkd import layout
 from segkd.classes import IGNORE_INDEX, NUM_CLASSES
 from segkd.data.augment import Augment
 from segkd.distill.registry import build_distillation
 from segkd.engine import checkpoint as ckpt_io
-from segkd.engine.allocator import retain_freed_memory
-from segkd.engine.batches import BatchSampler, load_fold
+from segkd.engine import rundir
+from segkd.engine.batches import BatchSampler, FoldData, load_fold
 from segkd.engine.evaluate import autocast, evaluate, resolve_device, resolve_precision
 from segkd.engine.optim import create_optimizer, create_scheduler
 from segkd.errors import TrainingDiverged, UserError
 from segkd.models import create_model
 
-# partial.pt holds the periodic checkpoints of a run in progress; checkpoint.pt is written once, at the
-# end. Workflow managers delete a failed job's declared outputs, so the resumable state must not be one.
-CHECKPOINT, PARTIAL, METRICS = "checkpoint.pt", "partial.pt", "metrics.json"
+CHECKPOINT, PARTIAL, METRICS = layout.CHECKPOINT, layout.PARTIAL, layout.METRICS  # (see segkd.layout)
 
 
-def load_teacher(spec: dict, device: torch.device) -> torch.nn.Module:
+def load_teacher(spec: dict, device: torch.device, data_identity: dict | None = None) -> torch.nn.Module:
     """The frozen teacher of a student run, after checking it was trained on the same data and fold."""
     path = spec["teacher_checkpoint"]
     if not path or not Path(path).is_file():
         raise UserError(f"teacher checkpoint not found: {path} (train the teacher {spec['teacher']} first)")
-    ckpt = ckpt_io.load(path)
+    ckpt = ckpt_io.load_run_checkpoint(path)
     t_spec = ckpt["spec"]
     if not ckpt.get("finished"):
         raise UserError(f"{path}: the teacher run is not finished (iteration {ckpt['iteration']})")
@@ -52,8 +49,11 @@ def load_teacher(spec: dict, device: torch.device) -> torch.nn.Module:
                               ("num_classes", NUM_CLASSES, ckpt["num_classes"])):
         if mine != theirs:
             raise UserError(f"{path}: teacher {key} is {theirs!r}, the student run needs {mine!r}")
+    if data_identity is not None and ckpt.get("data", data_identity) != data_identity:
+        raise UserError(f"{path}: the teacher was trained on other prepared data or another split of fold "
+                        f"{spec['fold']}; re-train the teacher on this data")
     teacher = create_model(t_spec["model"], num_classes=ckpt["num_classes"])
-    teacher.load_state_dict(ckpt["model"])
+    ckpt_io.load_model_state(teacher, ckpt, path)
     teacher.to(device).to(memory_format=torch.channels_last).eval().requires_grad_(False)
     return teacher
 
@@ -80,14 +80,6 @@ class Progress:
             self.bar.close()
 
 
-def _tracker(spec: dict, run_id: str | None):
-    if not spec.get("tracking", {}).get("enabled", True):
-        return None
-    from segkd import tracking  # mlflow is imported only where runs are logged
-
-    return tracking.start_run_for(spec, run_id=run_id)
-
-
 def step_losses(model, x: torch.Tensor, y: torch.Tensor, precision: str, teacher=None, distill=None) -> dict:
     """The loss terms of one training step (task cross-entropy, then each distillation term).
 
@@ -106,92 +98,158 @@ def step_losses(model, x: torch.Tensor, y: torch.Tensor, precision: str, teacher
     return terms
 
 
-def train(spec: dict, out: str | Path) -> dict:
-    """Run `spec` in directory `out` (resuming from its checkpoint if present); return the metrics."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = spec["train"]
-    device = resolve_device(cfg["device"])
-    precision = resolve_precision(cfg["precision"], device)
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg["threads"])
-    if device.type == "cpu":
-        retain_freed_memory()
-    name = f"{spec['role']}:{spec['model']}" + (f"/{spec['method']}/seed{spec['seed']}" if spec["role"] == "student" else "")
-    name += f"/fold{spec['fold']}"
+@dataclass
+class TrainingState:
+    """Everything a run's numbers depend on between two steps; a checkpoint holds exactly this."""
 
-    ckpt_io.seed_everything(spec["seed"] * 1000 + spec["fold"])
-    data = load_fold(spec["prepared"], spec["folds_file"], spec["fold"], spec["dataset"], pin=device.type == "cuda")
+    model: torch.nn.Module
+    distill: torch.nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    sampler: BatchSampler
+    data_rng: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(),
+                "distill": self.distill.state_dict() if self.distill is not None else None,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(),
+                "data_rng": self.data_rng.get_state(), "rng": ckpt_io.capture_rng()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.distill is not None:
+            self.distill.load_state_dict(state["distill"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.data_rng.set_state(state["data_rng"])
+        ckpt_io.restore_rng(state["rng"])
+
+
+def build_state(spec: dict, data: FoldData, device: torch.device, precision: str):
+    """(state, frozen teacher or None): the student, its teacher and distillation terms, optimiser,
+    schedule and seeded data order of a run, created in this order (each draws initial weights from
+    the seeded global generator)."""
+    cfg = spec["train"]
     model = create_model(spec["model"], num_classes=NUM_CLASSES, drop_path_rate=cfg["drop_path"],
                          pretrained=spec.get("pretrained"))
     model.to(device).to(memory_format=torch.channels_last).train()
     teacher, distill = None, None
     if spec["terms"]:
-        teacher = load_teacher(spec, device)
+        teacher = load_teacher(spec, device, data.identity)
         distill = build_distillation(spec["terms"], model.feature_dims, teacher.feature_dims,
                                      where=f"methods.{spec['method']}").to(device)
     optimizer = create_optimizer(model, distill, cfg)
-    scheduler = create_scheduler(optimizer, spec["iterations"], cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    sampler = BatchSampler(len(data.train_images), cfg["batch_size"], seed=spec["seed"])
-    gen = torch.Generator(device=device).manual_seed(spec["seed"] + 10_000 * spec["fold"])
+    state = TrainingState(
+        model=model, distill=distill, optimizer=optimizer,
+        scheduler=create_scheduler(optimizer, spec["iterations"], cfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        sampler=BatchSampler(len(data.train_images), cfg["batch_size"], seed=spec["seed"]),
+        data_rng=torch.Generator(device=device).manual_seed(spec["seed"] + 10_000 * spec["fold"]),
+    )
+    return state, teacher
+
+
+def code_fingerprint(spec: dict) -> str:
+    """The fingerprint of the code this run executes (segkd.fingerprint): a checkpoint written by other
+    code is not resumed, since the resumed run would mix two versions of the computation."""
+    from segkd import fingerprint
+
+    return fingerprint.fingerprint(fingerprint.JOB_CODE["student" if spec["terms"] else "train"])
+
+
+def resume(out: Path, spec: dict, state: TrainingState, code: str, name: str) -> tuple[int, list, float]:
+    """Load the run's last checkpoint into `state`: (iteration, history, training seconds) to go on from;
+    (0, [], 0.0) for a new run."""
+    path = next((p for p in (out / layout.CHECKPOINT, out / layout.PARTIAL) if p.exists()), None)
+    if path is None:
+        return 0, [], 0.0
+    saved = ckpt_io.load(path)
+    if saved["spec"] != spec:
+        raise UserError(f"{path} was written by a different run spec; remove {out} to start afresh")
+    if saved.get("code", code) != code:
+        print(f"[{name}] {path.name} was written by other code (fingerprint {saved['code']}, now {code}); "
+              "starting afresh", file=sys.stderr, flush=True)
+        return 0, [], 0.0
+    state.load_state_dict(saved)
+    print(f"[{name}] resuming from iteration {saved['iteration']}", file=sys.stderr, flush=True)
+    return saved["iteration"], saved["history"], saved["wall_time_s"]
+
+
+def open_tracker(spec: dict, out: Path):
+    """The run's MLflow run (None when tracking is off): the one an earlier, interrupted attempt of the
+    same spec created, else a new one, recorded in the run directory at once so that a job killed
+    before its first checkpoint is continued by its retry instead of left RUNNING beside a second run."""
+    if not spec.get("tracking", {}).get("enabled", True):
+        return None
+    from segkd import tracking  # mlflow is imported only where runs are logged
+
+    tracker = tracking.start_run_for(spec, run_id=rundir.recorded_mlflow_run(out, spec))
+    rundir.record_mlflow_run(out, spec, tracker.run_id)
+    return tracker
+
+
+def run_name(spec: dict) -> str:
+    name = f"{spec['role']}:{spec['model']}"
+    if spec["role"] == "student":
+        name += f"/{spec['method']}/seed{spec['seed']}"
+    return f"{name}/fold{spec['fold']}"
+
+
+def train(spec: dict, out: str | Path) -> dict:
+    """Run `spec` in directory `out` (resuming from its checkpoint if present); return the metrics."""
+    out, cfg, name = Path(out), spec["train"], run_name(spec)
+    device = resolve_device(cfg["device"])
+    precision = resolve_precision(cfg["precision"], device)
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    with rundir.run_directory(out):
+        ckpt_io.seed_everything(spec["seed"] * 1000 + spec["fold"])
+        data = load_fold(spec["prepared"], spec["folds_file"], spec["fold"], spec["dataset"], pin=device.type == "cuda")
+        state, teacher = build_state(spec, data, device, precision)
+        code = code_fingerprint(spec)
+        start, history, elapsed = resume(out, spec, state, code, name)
+        if start == 0:
+            state.scheduler.step_update(0)
+        tracker = open_tracker(spec, out)
+    run_id = tracker.run_id if tracker else None
+    if tracker:
+        tracker.log_history(history)  # what an interrupted attempt had not got into the store yet
     augment = Augment(scale=tuple(cfg["augment"]["scale"]), flip=cfg["augment"]["flip"],
                       photometric=cfg["augment"]["photometric"], crop=cfg.get("crop"))
-
-    start, history, elapsed, run_id = 0, [], 0.0, None
-    ckpt_path, partial_path = out / CHECKPOINT, out / PARTIAL
-    resume_from = next((p for p in (ckpt_path, partial_path) if p.exists()), None)
-    if resume_from is not None:
-        state = ckpt_io.load(resume_from)
-        if state["spec"] != spec:
-            raise UserError(f"{resume_from} was written by a different run spec; remove {out} to start afresh")
-        model.load_state_dict(state["model"])
-        if distill is not None:
-            distill.load_state_dict(state["distill"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        sampler.load_state_dict(state["sampler"])
-        gen.set_state(state["data_rng"])
-        ckpt_io.restore_rng(state["rng"])
-        start, history, elapsed, run_id = state["iteration"], state["history"], state["wall_time_s"], state["mlflow_run_id"]
-        print(f"[{name}] resuming from iteration {start}", file=sys.stderr, flush=True)
-    else:
-        scheduler.step_update(0)
-
-    tracker = _tracker(spec, run_id)
-    run_id = tracker.run_id if tracker else None
+    model, optimizer = state.model, state.optimizer
 
     def save(iteration: int, finished: bool) -> None:
         ckpt_io.save_atomic({
             "spec": spec, "iteration": iteration, "finished": finished, "num_classes": NUM_CLASSES,
-            "model": model.state_dict(), "distill": distill.state_dict() if distill is not None else None,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "sampler": sampler.state_dict(), "data_rng": gen.get_state(), "rng": ckpt_io.capture_rng(),
+            "data": data.identity, "code": code, **state.state_dict(),
             "history": history, "wall_time_s": elapsed, "mlflow_run_id": run_id,
-        }, ckpt_path if finished else partial_path)
+        }, out / (layout.CHECKPOINT if finished else layout.PARTIAL))
 
     progress = Progress(spec["iterations"], start, name, cfg["log_every"])
     status = "FAILED"
     try:
         tic, window_images = time.perf_counter(), 0
         for it in range(start, spec["iterations"]):
-            idx = sampler.next()
+            idx = state.sampler.next()
             images = data.train_images[idx].to(device, non_blocking=True)
             labels = data.train_labels[idx].to(device, non_blocking=True)
-            x, y = augment(images, labels, gen)
+            x, y = augment(images, labels, state.data_rng)
             x = x.contiguous(memory_format=torch.channels_last)
-            terms = step_losses(model, x, y, precision, teacher, distill)
+            terms = step_losses(model, x, y, precision, teacher, state.distill)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
                 raise TrainingDiverged(f"non-finite loss at iteration {it + 1}: {values}; "
-                                       f"the last good checkpoint ({ckpt_path}) is kept")
+                                       f"the last good checkpoint ({out / layout.PARTIAL}) is kept")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step_update(it + 1)
+            state.scaler.scale(loss).backward()
+            state.scaler.step(optimizer)
+            state.scaler.update()
+            state.scheduler.step_update(it + 1)
             window_images += x.shape[0]
             done = it + 1
             if done % cfg["log_every"] == 0 or done == spec["iterations"]:
@@ -201,33 +259,21 @@ def train(spec: dict, out: str | Path) -> dict:
                           **{k: v.item() for k, v in terms.items()}, "images_per_s": window_images / (now - tic)}
                 history.append(record)
                 if tracker:
-                    tracker.log_metrics(done, {k: v for k, v in record.items() if k != "iteration"})
+                    tracker.log_history([record])
+                rundir.write_progress(out, spec, done, elapsed)
                 progress.update(done, {k: record[k] for k in ("loss", "lr", "images_per_s")})
                 tic, window_images = time.perf_counter(), 0
             if done % cfg["checkpoint_every"] == 0 and done < spec["iterations"]:
                 save(done, finished=False)
         progress.close()
-        if start < spec["iterations"] or not ckpt_path.exists():
+        if start < spec["iterations"] or not (out / layout.CHECKPOINT).exists():
             save(spec["iterations"], finished=True)
-        partial_path.unlink(missing_ok=True)
-
-        metrics = evaluate(model, data.test_images, data.test_labels, batch_size=cfg["eval_batch_size"],
-                           device=device, precision=precision)
-        train_images = spec["iterations"] * cfg["batch_size"]
-        result = {
-            "study": spec["study"], "role": spec["role"], "model": spec["model"], "teacher": spec["teacher"],
-            "method": spec["method"], "seed": spec["seed"], "fold": spec["fold"], "dataset": spec["dataset"]["name"],
-            "precision": precision, "device": device.type, **metrics, "params": spec, "mlflow_run_id": run_id, "wall_time_s": elapsed,
-            "images_per_s": train_images / elapsed if elapsed > 0 else math.nan,
-            "iterations": spec["iterations"], "history": history,
-        }
-        tmp = out / f".{METRICS}.tmp"
-        tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, out / METRICS)
+        (out / layout.PARTIAL).unlink(missing_ok=True)
+        result = finish(spec, out, model, data, device, precision, history, elapsed, run_id)
         if tracker:
             tracker.log_final(result)
-            tracker.log_artifact(out / METRICS)
-            _log_confusion_plot(tracker, result, out)
+            tracker.log_artifact(out / layout.METRICS)
+            tracker.log_artifact(confusion_plot(result, out))
         status = "FINISHED"
         return result
     finally:
@@ -236,10 +282,26 @@ def train(spec: dict, out: str | Path) -> dict:
             tracker.close(status)
 
 
-def _log_confusion_plot(tracker, result: dict, out: Path) -> None:
+def finish(spec: dict, out: Path, model, data, device, precision: str, history: list, elapsed: float,
+           run_id: str | None) -> dict:
+    """Evaluate the final model on the held-out fold and write metrics.json (the run's result)."""
+    metrics = evaluate(model, data.test_images, data.test_labels, batch_size=spec["train"]["eval_batch_size"],
+                       device=device, precision=precision)
+    train_images = spec["iterations"] * spec["train"]["batch_size"]
+    result = {
+        "study": spec["study"], "role": spec["role"], "model": spec["model"], "teacher": spec["teacher"],
+        "method": spec["method"], "seed": spec["seed"], "fold": spec["fold"], "dataset": spec["dataset"]["name"],
+        "precision": precision, "device": device.type, **metrics, "params": spec, "mlflow_run_id": run_id,
+        "wall_time_s": elapsed, "images_per_s": train_images / elapsed if elapsed > 0 else math.nan,
+        "iterations": spec["iterations"], "history": history,
+    }
+    rundir.write_result(out, result)
+    return result
+
+
+def confusion_plot(result: dict, out: Path) -> Path:
+    """The run's confusion matrix as a figure (an MLflow artifact; not a result: nothing depends on it)."""
     from segkd.report import plots
 
-    path = out / "confusion.png"
-    plots.confusion_matrix(result["confusion"], f"{result['model']} {result['method'] or ''} fold{result['fold']}",
-                           path=path)
-    tracker.log_artifact(path)
+    title = f"{result['model']} {result['method'] or ''} fold{result['fold']}"
+    return plots.confusion_matrix(result["confusion"], title, path=out / layout.CONFUSION_PLOT)

@@ -2,8 +2,10 @@
 
 The expected runs come from the study, not from what happens to lie on disk, so a forgotten or
 failed run is an error that names it (or, with allow_missing, a list in the report) rather than a
-silently smaller sample. Outputs are written to a temporary directory first and then moved into
-place, and they are byte-identical when the inputs are: DVC and Snakemake see no spurious change.
+silently smaller sample; so is a stale run, whose metrics.json records another run spec than the one
+the study gives it now (or, with exclude_stale, a list in the report). Outputs are written to a
+temporary directory first and then moved into place, and they are byte-identical when the inputs
+are: DVC and Snakemake see no spurious change.
 """
 
 from __future__ import annotations
@@ -12,55 +14,26 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from segkd import layout
 from segkd.classes import CLASS_NAMES
-from segkd.config import BASELINE, STUDENT_ROLE, TEACHER_ROLE, Study
+from segkd.config import BASELINE, STUDENT_ROLE, Study, spec_json
 from segkd.errors import UserError
 from segkd.report import markdown, plots, stats
+from segkd.runs import Run, expected_runs
 
-SHOWN_MISSING = 5  # missing runs named in the error message; the rest are counted
+SHOWN_MISSING = 5  # missing (or stale) runs named in the error message; the rest are counted
+SHOWN_DIFFS = 3  # differing spec keys named for a stale run
+SHOWN_VALUE = 60  # characters of a differing value shown
 PLOTS = "plots"  # the figures' folder inside `out` (a DVC output of its own)
 FIGURES = {"miou": f"{PLOTS}/miou.png", "class_deltas": f"{PLOTS}/class_deltas.png", "loss": f"{PLOTS}/loss.png",
            "sensitivity": f"{PLOTS}/sensitivity.png"}
 SENSITIVITY = "sensitivity.csv"  # written only when the study has a method grid, like its figure
-
-
-@dataclass(frozen=True)
-class Run:
-    """One expected run: who trained it, and where its metrics.json lies below the runs directory."""
-
-    role: str
-    teacher: str  # "none" for the baseline
-    method: str  # "" for a teacher run
-    model: str
-    seed: int
-    fold: int
-    run_dir: Path
-
-    def claims(self) -> dict:
-        """What the run's own metrics.json must say about itself (keys it has are checked)."""
-        if self.role == TEACHER_ROLE:
-            return {"role": TEACHER_ROLE, "model": self.model, "fold": self.fold}
-        teacher = None if self.teacher == stats.NO_TEACHER else self.teacher
-        return {"role": STUDENT_ROLE, "teacher": teacher, "method": self.method, "seed": self.seed,
-                "fold": self.fold}
-
-
-def expected_runs(study: Study) -> list[Run]:
-    """Teachers x folds; baseline x seeds x folds; each teacher x method x seed x fold (study order)."""
-    runs = [Run(TEACHER_ROLE, t, "", t, study.params["teacher_seed"], f, layout.teacher_dir(t, f))
-            for t in study.teachers for f in study.folds]
-    runs += [Run(STUDENT_ROLE, stats.NO_TEACHER, BASELINE, study.student, s, f,
-                 layout.student_dir(None, BASELINE, s, f)) for s in study.seeds for f in study.folds]
-    runs += [Run(STUDENT_ROLE, t, m, study.student, s, f, layout.student_dir(t, m, s, f))
-             for t in study.teachers for m in study.methods for s in study.seeds for f in study.folds]
-    return runs
 
 
 def _number(value, path: Path, key: str) -> float:
@@ -71,8 +44,9 @@ def _number(value, path: Path, key: str) -> float:
     return float(value)
 
 
-def read_metrics(path: Path, run: Run) -> tuple[dict, list[dict]]:
-    """One metrics.json -> (its row of the runs table in percent, its loss history)."""
+def read_metrics(path: Path, run: Run) -> tuple[dict, list[dict], dict | None]:
+    """One metrics.json -> (its row of the runs table in percent, its loss history, the run spec it
+    was trained under: its `params`, None when it records none)."""
     try:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -95,42 +69,97 @@ def read_metrics(path: Path, run: Run) -> tuple[dict, list[dict]]:
     row.update({k: 100 * _number(metrics[k], path, k) for k in stats.METRICS})
     for key in ("wall_time_s", "images_per_s", "iterations"):
         row[key] = _number(metrics.get(key), path, key)
-    row["run_dir"] = run.run_dir.as_posix()
+    row["run_dir"] = run.dir.as_posix()
     history = metrics.get("history") or []
     if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
         raise UserError(f"{path}: history: expected a list of objects")
     losses = [{"teacher": run.teacher, "method": run.method, "role": run.role, "seed": run.seed,
                "fold": run.fold, "iteration": int(_number(h.get("iteration"), path, "history.iteration")),
                "loss": _number(h["loss"], path, "history.loss")} for h in history if "loss" in h]
-    return row, losses
+    params = metrics.get("params")
+    return row, losses, params if isinstance(params, dict) else None
 
 
-def load_runs(study: Study, runs: Path, allow_missing: bool = False):
-    """The tidy runs table, the loss histories, and the expected runs that are missing.
+def _shown(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= SHOWN_VALUE else text[:SHOWN_VALUE - 3] + "..."
 
-    A missing run is an error unless allow_missing; an unreadable one always is (a corrupt result
-    must not pass as an absent one).
+
+def spec_differences(recorded, expected, prefix: str = "") -> list[str]:
+    """The keys where a run's recorded spec and the study's differ, as `key: recorded vs expected`."""
+    if isinstance(recorded, dict) and isinstance(expected, dict):
+        out = []
+        for key in sorted(recorded.keys() | expected.keys()):
+            name = f"{prefix}.{key}" if prefix else key
+            if key not in recorded or key not in expected:
+                mine = _shown(recorded[key]) if key in recorded else "absent"
+                theirs = _shown(expected[key]) if key in expected else "absent"
+                out.append(f"{name}: {mine} vs {theirs}")
+            else:
+                out += spec_differences(recorded[key], expected[key], name)
+        return out
+    if spec_json(recorded) == spec_json(expected):
+        return []
+    return [f"{prefix or '<spec>'}: {_shown(recorded)} vs {_shown(expected)}"]
+
+
+def stale_reason(params: dict | None, expected: dict) -> str | None:
+    """Why a run's metrics do not belong to the study as it stands (None: they do).
+
+    The study decides what each run must have been trained under (`Run.spec`); a run trained before a
+    weight, schedule or path changed is stale, and mixing it in would report numbers of another study.
+    A metrics.json without its spec cannot be checked, so it cannot be trusted either.
     """
-    rows, losses, missing = [], [], []
-    for run in expected_runs(study):
-        path = runs / run.run_dir.relative_to(layout.RUNS) / "metrics.json"
+    if params is None:
+        return "no run spec recorded (no 'params')"
+    if spec_json(params) == spec_json(expected):
+        return None
+    diffs = spec_differences(params, expected)
+    more = f", and {len(diffs) - SHOWN_DIFFS} more" if len(diffs) > SHOWN_DIFFS else ""
+    return ", ".join(diffs[:SHOWN_DIFFS]) + more + " (run vs study)"
+
+
+def _listed(paths: list[Path]) -> str:
+    shown = ", ".join(str(p) for p in paths[:SHOWN_MISSING])
+    return shown + (f" and {len(paths) - SHOWN_MISSING} more" if len(paths) > SHOWN_MISSING else "")
+
+
+def load_runs(study: Study, runs: Path, allow_missing: bool = False, exclude_stale: bool = False):
+    """The tidy runs table, the loss histories, the expected runs that are missing, and the stale
+    ones as (metrics path, what differs) pairs.
+
+    A missing run is an error unless allow_missing, a stale one (trained under another spec than the
+    study's, see `stale_reason`) unless exclude_stale; either is then left out. An unreadable run
+    always is an error (a corrupt result must not pass as an absent one).
+    """
+    rows, losses, missing, stale = [], [], [], []
+    expected = expected_runs(study)
+    for run in expected:
+        path = runs / run.dir.relative_to(layout.RUNS) / layout.METRICS
         if not path.is_file():
             missing.append(path)
             continue
-        row, history = read_metrics(path, run)
+        row, history, params = read_metrics(path, run)
+        reason = stale_reason(params, run.spec(study))
+        if reason is not None:
+            stale.append((path, reason))
+            continue
         rows.append(row)
         losses += history
     if missing and not allow_missing:
-        shown = ", ".join(str(p) for p in missing[:SHOWN_MISSING])
-        more = f" and {len(missing) - SHOWN_MISSING} more" if len(missing) > SHOWN_MISSING else ""
-        raise UserError(f"{len(missing)} of {len(expected_runs(study))} runs missing: {shown}{more} "
+        raise UserError(f"{len(missing)} of {len(expected)} runs missing: {_listed(missing)} "
                         f"(run them, or pass --allow-missing to report without them)")
+    if stale and not exclude_stale:
+        raise UserError(f"{len(stale)} of {len(expected)} runs are stale (trained under another spec than the "
+                        f"study's): {_listed([p for p, _ in stale])}; the first: {stale[0][1]}; re-run them, "
+                        "or pass --exclude-stale to report without them")
     if not rows:
-        raise UserError(f"{runs}: none of the study's {len(missing)} runs has a metrics.json")
+        raise UserError(f"{runs}: none of the study's {len(expected)} runs has a metrics.json of its "
+                        f"current spec ({len(missing)} missing, {len(stale)} stale)")
     history = pd.DataFrame(losses, columns=["teacher", "method", "role", "seed", "fold", "iteration", "loss"])
     table = pd.DataFrame(rows)
     table["iterations"] = table["iterations"].astype("Int64")
-    return table, history, missing
+    return table, history, missing, stale
 
 
 def _write_csv(table: pd.DataFrame, path: Path, default: str, formats: dict[str, str] | None = None) -> None:
@@ -183,12 +212,15 @@ def _log_to_mlflow(study: Study, paths: list[Path]) -> None:
 
 
 def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS, *,
-              allow_missing: bool = False, log_to_mlflow: bool = True) -> dict[str, Path]:
+              allow_missing: bool = False, exclude_stale: bool = False,
+              log_to_mlflow: bool = True) -> dict[str, Path]:
     """Write runs.csv, per_class_{teacher}.md/.csv, summary.md/.csv/.json, paired_tests.csv,
     class_deltas.csv, plots/*.png and report.md into `out`, and sensitivity.csv with
     plots/sensitivity.png when a method has a grid; returns {path relative to out: path}."""
     runs, out = Path(runs), Path(out)
-    table, history, missing = load_runs(study, runs, allow_missing)
+    table, history, missing, stale = load_runs(study, runs, allow_missing, exclude_stale)
+    for path, reason in stale:
+        print(f"segkd aggregate: warning: stale run left out: {path}: {reason}", file=sys.stderr)
     summary = stats.seed_summary(table)  # study order: the baseline, then each teacher's methods
     tests = stats.paired_tests(table)
     deltas = stats.class_deltas(table)
@@ -221,6 +253,7 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
         report = markdown.report(study, table, summary, tests, deltas, per_class,
                                  {k: FIGURES[k] for k, p in drawn.items() if p is not None},
                                  missing=[p.as_posix() for p in missing], expected=len(expected_runs(study)),
+                                 stale=[(p.as_posix(), reason) for p, reason in stale],
                                  sens=sens)
         _write_text(tmp / "report.md", report)
         (out / PLOTS).mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,9 @@ class BandMaps:
 
 def freq_term(terms: dict) -> str | None:
     """Name of the method's first term that is a frequency-band loss, or None."""
-    return next((name for name, options in terms.items() if options.get("loss", name) == FREQ_LOSS), None)
+    from segkd.distill.registry import terms_using
+
+    return next(iter(terms_using(terms, FREQ_LOSS)), None)
 
 
 def principal_component(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -118,8 +118,12 @@ def _wilcoxon_floor(tests: pd.DataFrame) -> str:
 
 def report(study, runs: pd.DataFrame, s: pd.DataFrame, tests: pd.DataFrame, deltas: pd.DataFrame,
            per_class_tables: dict[str, pd.DataFrame], figures: dict[str, str], missing: list[str],
-           expected: int, sens: pd.DataFrame | None = None) -> str:
-    """results/report.md: findings first, then the tables and figures that support them."""
+           expected: int, sens: pd.DataFrame | None = None, stale: list[tuple[str, str]] | None = None) -> str:
+    """results/report.md: findings first, then the tables and figures that support them.
+
+    `missing` lists the metrics files of absent runs, `stale` (file, what differs) the runs left out
+    because they were trained under another spec than the study's: a reader must see what is not counted.
+    """
     sens = pd.DataFrame() if sens is None else sens
     out = [f"# Study {study.name}: distilling {', '.join(study.teachers)} into {study.student}\n",
            f"{len(runs)} of {expected} expected runs; seeds {study.seeds}, folds {study.folds}; "
@@ -130,6 +134,12 @@ def report(study, runs: pd.DataFrame, s: pd.DataFrame, tests: pd.DataFrame, delt
         out += [f"**{len(missing)} expected run{'' if one else 's'} {'is' if one else 'are'} missing; every "
                 f"number below is computed without {'it' if one else 'them'}:**\n",
                 *[f"- `{p}`" for p in missing], ""]
+    if stale:
+        one = len(stale) == 1
+        out += [f"**{len(stale)} run{'' if one else 's'} {'was' if one else 'were'} trained under another spec "
+                f"than the study's (stale) and {'is' if one else 'are'} left out; every number below is "
+                f"computed without {'it' if one else 'them'}:**\n",
+                *[f"- `{p}`: {reason}" for p, reason in stale], ""]
     out += ["## Findings\n",
             "Each method against the baseline, paired by seed and fold, mIoU; significance is the paired "
             f"t-test at the {ALPHA:.0%} level, Holm-adjusted across the methods of each teacher.\n"]

@@ -18,12 +18,12 @@ from statsmodels.stats.weightstats import DescrStatsW
 
 from segkd.classes import CLASS_NAMES
 from segkd.config import BASELINE, STUDENT_ROLE
+from segkd.runs import NO_TEACHER  # the baseline's teacher column, as in its run directory
 
 ALPHA = 0.05
 METRICS = ("mIoU", "mPA", "aAcc")
 IOU_COLUMNS = tuple(f"IoU_{name}" for name in CLASS_NAMES)
 VALUES = IOU_COLUMNS + METRICS
-NO_TEACHER = "none"  # the baseline's teacher column, as in its run directory
 PAIR_KEYS = ["seed", "fold"]
 
 

@@ -1,0 +1,129 @@
+"""What a change re-runs, on a finished tiny study: only edits that can change a job's numbers re-run
+it (segkd.fingerprint), each kind of job on its own code. `snakemake -n` is asked after each edit,
+in a user's clone, and the edit is undone with git afterwards."""
+
+import ast
+import subprocess
+
+import pytest
+
+from workflow_helpers import copy_repo, planned, run
+
+pytestmark = pytest.mark.slow
+STUDY = """\
+study: tiny
+dataset: {name: synthetic, height: 32, width: 48, synthetic: {sequences: 4, frames: 8, seed: 0}}
+folds: {strategy: sequence-blocked, k: 2, guard: 1}
+models: {student: segformer_b0, teachers: [segformer_b2]}
+train: {iterations: {teacher: 2, student: 2}, batch_size: 2, lr: 6.0e-4, device: cpu, checkpoint_every: 1,
+        log_every: 1, eval_batch_size: 8}
+seeds: [0]
+teacher_seed: 0
+methods:
+  kd: {kd: {weight: 0.01}}
+tracking: {uri: null, enabled: false}
+"""
+NOTHING: dict = {}
+REPORT = {"aggregate": 1, "all": 1}
+STUDENTS = {"student": 2, **REPORT}
+TRAINING = {"teacher": 2, "baseline": 2, **STUDENTS}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A clone of the project with the tiny study (one teacher, kd, one seed, two folds) run to the end."""
+    repo = copy_repo(tmp_path_factory.mktemp("reruns"))
+    (repo / "tiny.yaml").write_text(STUDY)
+    run("git add tiny.yaml && git -c user.email=t@t -c user.name=t commit -qm tiny", repo)
+    run(["snakemake", "--cores", "2", "--configfile", "tiny.yaml"], repo)
+    assert dry_run(repo) == NOTHING
+    return repo
+
+
+@pytest.fixture
+def clone(study):
+    """The finished study's clone; each test's edits are undone afterwards (file times stay new)."""
+    yield study
+    run("git checkout -q -- . && git clean -qfd -- src", study)
+    assert run("git status --porcelain --untracked-files=no", study).stdout == ""
+
+
+def dry_run(repo) -> dict:
+    return planned(run(["snakemake", "-n", "--configfile", "tiny.yaml"], repo).stdout)
+
+
+def append(repo, module: str, text: str) -> None:
+    path = repo / "src" / "segkd" / module
+    path.write_text(path.read_text() + text)
+
+
+class Cosmetic(ast.NodeTransformer):
+    """Reword every docstring; `ast.unparse` then drops every comment and re-lays out every line."""
+
+    def visit(self, node):
+        node = self.generic_visit(node)
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            body[0].value.value += " (reworded)"
+        return node
+
+
+def test_touching_every_file_reruns_nothing(clone):
+    files = [p for p in clone.rglob("*") if p.is_file() and not {".git", ".snakemake"} & set(p.parts)]
+    assert len(files) > 100  # sources, rules and the study's data, runs and results
+    outputs = ("data", "runs", "results", "logs")
+    for path in sorted(files, key=lambda p: p.relative_to(clone).parts[0] not in outputs):
+        path.touch()  # outputs first, sources last: every source ends up newer than every output
+    assert dry_run(clone) == NOTHING
+
+
+def test_git_stash_and_checkout_round_trip_reruns_nothing(clone):
+    append(clone, "engine/train.py", "\nROUND_TRIP = 1\n")
+    run("git stash -q && git stash pop -q && git checkout -q -- . && git checkout -q HEAD -- src", clone)
+    assert dry_run(clone) == NOTHING
+
+
+def test_comments_docstrings_reformatting_and_help_text_rerun_nothing(clone):
+    modules = sorted((clone / "src" / "segkd").rglob("*.py"))
+    for path in modules:
+        tree = Cosmetic().visit(ast.parse(path.read_text()))
+        path.write_text("# reformatted\n" + ast.unparse(tree) + "\n\n# a new comment\n")
+    cli = clone / "src" / "segkd" / "cli.py"
+    text = cli.read_text()
+    assert "torch CPU threads" in text
+    cli.write_text(text.replace("torch CPU threads", "CPU threads of torch"))
+    assert len(modules) > 30 and subprocess.run(["git", "diff", "--quiet"], cwd=clone).returncode == 1
+    assert dry_run(clone) == NOTHING
+
+
+def test_a_tracking_change_reruns_nothing(clone):
+    append(clone, "tracking.py", "\nPARAMS_PER_BATCH = 50\n")
+    assert dry_run(clone) == NOTHING
+
+
+def test_a_report_change_reruns_only_the_aggregate(clone):
+    append(clone, "report/stats.py", "\nALPHA = 0.01\n")
+    assert dry_run(clone) == REPORT
+
+
+def test_a_loss_change_reruns_exactly_the_students(clone):
+    append(clone, "distill/logits.py", "\nKL_CHANGED = True\n")
+    assert dry_run(clone) == STUDENTS
+
+
+def test_a_training_loop_change_reruns_every_training_job(clone):
+    append(clone, "engine/train.py", "\nLOOP_CHANGED = True\n")
+    assert dry_run(clone) == TRAINING
+
+
+def test_a_data_change_reruns_the_data_jobs_and_what_reads_them(clone):
+    """Planned, as a dry run must (the data may change); when `prepare` writes the same arrays, the
+    manifest's checksum is unchanged and no training job runs (Snakemake compares small inputs by checksum)."""
+    append(clone, "data/synthetic.py", "\nDATA_CHANGED = True\n")
+    assert dry_run(clone) == {"prepare": 1, "split": 1, **TRAINING}
+    for undo in (False, True):  # the change, then its undoing: neither re-trains anything
+        if undo:
+            run("git checkout -q -- src", clone)
+        proc = run(["snakemake", "split", "--cores", "2", "--configfile", "tiny.yaml"], clone)
+        assert "rule prepare" in proc.stderr and dry_run(clone) == NOTHING, proc.stderr[-3000:]
