@@ -22,7 +22,7 @@ from segkd.data.prepare import prepare
 from segkd.engine.batches import load_fold
 from segkd.engine.train import train
 from segkd.models import create_model
-from segkd.report import bands
+from segkd.report import band_figure
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def drawn(runs, tmp_path_factory):
     _, run = runs
     out = tmp_path_factory.mktemp("fig") / "sub" / "bands.png"
     code = main(["bands", "--run", str(run), "--images", "2", "--out", str(out), "--threads", "1"])
-    return code, out, bands.band_maps(run, images=2)
+    return code, out, band_figure.band_maps(run, images=2)
 
 
 def test_cli_writes_a_deterministic_png(drawn, tmp_path):
@@ -63,10 +63,10 @@ def test_cli_writes_a_deterministic_png(drawn, tmp_path):
     assert code == 0
     image = imread(out)
     assert image.ndim == 3 and image.shape[1] > image.shape[0] > 100
-    title = bands.title(metrics["params"])
+    title = band_figure.title(metrics["params"])
     assert title == ("segformer_b2 -> segformer_b0, freq, seed 0, fold 0: band box, ratio 0.2 (axis), "
                      "high regularize")
-    again = bands.figure(maps, title, path=tmp_path / "again.png")  # models loaded and run a second time
+    again = band_figure.figure(maps, title, path=tmp_path / "again.png")  # models loaded and run a second time
     assert again.read_bytes() == out.read_bytes()
 
 
@@ -121,12 +121,12 @@ def test_logs_to_the_recorded_mlflow_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "segkd.tracking", tracking)
     png = tmp_path / "b.png"
     spec = {"study": "smoke", "tracking": {"enabled": True}}
-    assert bands.log_figure({"params": spec, "mlflow_run_id": "abc"}, png)
+    assert band_figure.log_figure({"params": spec, "mlflow_run_id": "abc"}, png)
     assert calls == [("smoke", "abc"), (png, "bands"), "closed"]
-    assert not bands.log_figure({"params": spec, "mlflow_run_id": None}, png)
+    assert not band_figure.log_figure({"params": spec, "mlflow_run_id": None}, png)
     assert "recorded no MLflow run" in capsys.readouterr().err
     off = {"study": "smoke", "tracking": {"enabled": False}}
-    assert not bands.log_figure({"params": off, "mlflow_run_id": "abc"}, png)
+    assert not band_figure.log_figure({"params": off, "mlflow_run_id": "abc"}, png)
     assert f"tracking is disabled for this run; {png} is not logged" in capsys.readouterr().err
     assert len(calls) == 3
 

@@ -5,7 +5,6 @@ The checkpoints are real: one 2-iteration baseline run on the smoke study, and f
 (a bare state dict, a spec naming another model, data of another size or content).
 """
 
-import copy
 import json
 import sys
 import types

@@ -149,7 +149,7 @@ def test_load_prepared_errors(tmp_path, case):
         out, expect = tmp_path / "nothing", "nothing: prepared dataset not found"
     elif case == "missing_manifest":
         (out / MANIFEST).unlink()
-        expect = "manifest.json: missing"
+        expect = "manifest.json: manifest of the prepared dataset not found"
     elif case == "corrupt_manifest":
         (out / MANIFEST).write_text("{not json")
         expect = "manifest.json: corrupt"

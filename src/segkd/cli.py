@@ -118,7 +118,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from segkd.engine.evaluate import check_output, evaluate_checkpoint, write_text_atomic
+    from segkd.engine.evaluate import check_output, evaluate_checkpoint
+    from segkd.jsonfiles import write_text
 
     if args.out:  # before evaluating: a typo in --out must not cost an evaluation
         check_output(args.out, "--out")
@@ -126,7 +127,7 @@ def cmd_evaluate(args) -> None:
                                   folds_file=args.folds_file, device=args.device)
     text = json.dumps(metrics, indent=2, sort_keys=True)
     if args.out:
-        write_text_atomic(Path(args.out), text + "\n")
+        write_text(Path(args.out), text + "\n")
     print(text)
 
 
@@ -138,7 +139,7 @@ def cmd_aggregate(args) -> None:
 
 
 def cmd_bands(args) -> None:
-    from segkd.report.bands import bands
+    from segkd.report.band_figure import bands
 
     if args.threads:
         import torch

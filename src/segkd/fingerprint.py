@@ -17,7 +17,7 @@ data          how images and labels are read, resized and cut into folds
 train         data loading and augmentation, the models, the training loop and evaluation
 distill       the distillation terms (students only, on top of ``train``)
 report        the tables, statistics, plots and report of the aggregate step
-bands         the band figure (``train`` + ``distill`` + report/bands)
+bands         the band figure (``train`` + ``distill`` + report/band_figure)
 ============  ====================================================================================
 
 Not in any fingerprint, since they cannot change a number: the CLI (argument parsing and help
@@ -50,6 +50,7 @@ NOT_NUMERIC = {
     "sweep": "variant names and grids; the run spec holds the result",
     "tracking": "MLflow logging",
     "fingerprint": "this module",
+    "jsonfiles": "reads and writes JSON files whole (the values are the callers')",
 }
 NOT_NUMERIC_FOR_TRAINING = {
     "data/camvid": "imported with data/prepare; a training job reads the prepared arrays, whose "
@@ -71,7 +72,7 @@ JOB_CODE: dict[str, tuple[str, ...]] = {
     "train": TRAIN_CODE,
     "student": TRAIN_CODE + DISTILL_CODE,
     "report": REPORT_CODE,
-    "bands": TRAIN_CODE + DISTILL_CODE + ("report/bands", "report/plots"),
+    "bands": TRAIN_CODE + DISTILL_CODE + ("report/band_figure", "report/plots"),
 }
 
 

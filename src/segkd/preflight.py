@@ -19,14 +19,13 @@ successes are cached: a problem is checked afresh each time, so that a fixed fil
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import warnings
 from pathlib import Path
 
 from segkd.config import Study
 from segkd.errors import UserError
+from segkd.jsonfiles import write_json
 
 CACHE_FILE = "preflight.json"
 CACHE_VERSION = 1
@@ -129,11 +128,8 @@ class LoadCache:
     def save(self) -> None:
         if not self.changed:
             return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # concurrent writers: last one wins
-        try:
+        try:  # concurrent writers (SLURM jobs parse the workflow too): the last one wins, whole
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"version": CACHE_VERSION, "loaded": self.entries}, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
+            write_json(self.path, {"version": CACHE_VERSION, "loaded": self.entries})
         except OSError:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+            pass  # a cache that cannot be written only costs a load next time

@@ -20,7 +20,7 @@ from segkd import fingerprint, layout, preflight
 from segkd.config import Study, spec_json
 from segkd.data import prepare as prepared_files
 from segkd.config import validate as validate_study
-from segkd.report.bands import freq_term
+from segkd.report.band_figure import freq_term
 from segkd.runs import expected_runs
 from segkd.sweep import NAME_PATTERN
 

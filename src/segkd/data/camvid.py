@@ -185,6 +185,17 @@ def _read_list(path: Path) -> list[str]:
     return stems
 
 
+def _check_pairs(images: dict[str, Path], labels: dict[str, Path], label_at, image_at) -> None:
+    """Every image has its label and every label its image, paired by file stem; `label_at(stem)` and
+    `image_at(stem)` say where the missing partner was looked for."""
+    for stem, path in images.items():
+        if stem not in labels:
+            raise UserError(f"{path}: image has no label (no {label_at(stem)})")
+    for stem, path in labels.items():
+        if stem not in images:
+            raise UserError(f"{path}: label has no image (no {image_at(stem)})")
+
+
 def _segnet_items(root: Path) -> list[Item]:
     items = []
     for split in SPLITS:
@@ -208,12 +219,7 @@ def _segnet_items(root: Path) -> list[Item]:
                 if stem not in labels:
                     raise UserError(f"{images[stem]}: image has no label ({label_dir / (stem + '.png')} missing)")
         else:
-            for stem, path in images.items():
-                if stem not in labels:
-                    raise UserError(f"{path}: image has no label ({label_dir / (stem + '.png')} missing)")
-            for stem, path in labels.items():
-                if stem not in images:
-                    raise UserError(f"{path}: label has no image (no {stem}.* in {image_dir})")
+            _check_pairs(images, labels, lambda stem: label_dir / f"{stem}.png", lambda stem: f"{stem}.* in {image_dir}")
             stems = sorted(images)
         for stem in stems:
             sequence, frame = parse_stem(stem, images[stem])
@@ -237,12 +243,8 @@ def _original_items(root: Path, label_files: list[Path]) -> list[Item]:
     label_stems = {stem[: -len(RGB_LABEL_SUFFIX)]: path for stem, path in labels.items()}
     images = _by_stem([p for p in _image_files(root, depth=2) if not p.stem.endswith(RGB_LABEL_SUFFIX)],
                       "image")
-    for stem, path in images.items():
-        if stem not in label_stems:
-            raise UserError(f"{path}: image has no label (no {stem}{RGB_LABEL_SUFFIX}.png under {root})")
-    for stem, path in label_stems.items():
-        if stem not in images:
-            raise UserError(f"{path}: label has no image (no {stem}.* under {root})")
+    _check_pairs(images, label_stems, lambda stem: f"{stem}{RGB_LABEL_SUFFIX}.png under {root}",
+                 lambda stem: f"{stem}.* under {root}")
     listed: dict[str, str] = {}
     for split in SPLITS:
         if (root / f"{split}.txt").is_file():

@@ -16,8 +16,6 @@ The folds file is deterministic (same prepared dataset and options, same bytes) 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,7 @@ import numpy as np
 from segkd.classes import CLASS_NAMES, IGNORE_INDEX
 from segkd.data.prepare import load_prepared
 from segkd.errors import UserError
+from segkd.jsonfiles import read_json, write_text
 
 STRATEGIES = ("official", "sequence-blocked")
 
@@ -42,7 +41,8 @@ def split(prepared: Path, out: Path, strategy: str, k: int = 2, guard: int = 2) 
         folds, dropped = _sequence_blocked(items, k, guard)
     result = {"dataset": data.manifest["dataset"], "strategy": strategy, "k": k, "guard": guard,
               "folds": folds, "dropped": dropped}
-    _write_atomic(Path(out), json.dumps(result, indent=1) + "\n")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_text(Path(out), json.dumps(result, indent=1) + "\n")
     print(f"segkd split: {strategy} folds of {data.manifest['dataset']} ({len(items)} items) -> {out}")
     print(share_table(result, class_pixels(data.labels)))
     return result
@@ -51,12 +51,7 @@ def split(prepared: Path, out: Path, strategy: str, k: int = 2, guard: int = 2) 
 def load_folds(path: str | Path, num_items: int | None = None) -> dict:
     """The folds file at `path`, validated (and checked against `num_items` prepared items if given)."""
     path = Path(path)
-    try:
-        folds = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: folds file not found (run `segkd split` first)") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: corrupt folds file ({err}); re-run `segkd split`") from err
+    folds = read_json(path, "folds file", "run `segkd split` first")
     _validate(folds, path, num_items)
     return folds
 
@@ -130,19 +125,6 @@ def share_table(folds: dict, pixels: np.ndarray) -> str:
     if folds["dropped"]:
         lines.append(f"dropped (guard frames): {len(folds['dropped'])} images")
     return "\n".join(lines)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _validate(folds, path: Path, num_items: int | None) -> None:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from segkd.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from segkd.data import camvid, synthetic
 from segkd.errors import UserError
+from segkd.jsonfiles import read_json
 
 FORMAT_VERSION = 1
 WORKERS = 2  # decoding (threads) and rendering (processes) both scale to two workers
@@ -103,12 +104,7 @@ def load_prepared(path: str | Path) -> Prepared:
 
 
 def _read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as err:
-        raise UserError(f"{path}: missing from the prepared dataset (re-run `segkd prepare`)") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: corrupt manifest ({err}); re-run `segkd prepare --force`") from err
+    manifest = read_json(path, "manifest of the prepared dataset", "re-run `segkd prepare --force`")
     required = ("dataset", "height", "width", "classes", "items")
     if not isinstance(manifest, dict) or any(k not in manifest for k in required):
         raise UserError(f"{path}: not a segkd manifest (needs keys {', '.join(required)})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segkd.distill.registry import DistillLoss, register
+from segkd.distill.registry import DistillLoss, check_same_shape, register
 
 
 def adapter(student_channels: int, teacher_channels: int) -> nn.Conv2d:
@@ -25,12 +25,6 @@ def check_adapter(conv: nn.Conv2d, student_dims: dict, teacher_dims: dict) -> No
     if (conv.in_channels, conv.out_channels) != want:
         raise ValueError(f"adapter maps {conv.in_channels} -> {conv.out_channels} channels, but the "
                          f"decoder features have {want[0]} (student) and {want[1]} (teacher)")
-
-
-def check_same_map(student: torch.Tensor, teacher: torch.Tensor) -> None:
-    if student.shape != teacher.shape:
-        raise ValueError(f"adapted student feature {tuple(student.shape)} and teacher feature "
-                         f"{tuple(teacher.shape)} differ")
 
 
 @register("fitnet")
@@ -54,6 +48,6 @@ class FitNet(DistillLoss):
         s = self.adapter(student.decoder)
         with torch.autocast(s.device.type, enabled=False):
             s, t = s.float(), teacher.decoder.detach().float()
-            check_same_map(s, t)
+            check_same_shape(s.shape, t.shape, "adapted decoder feature")
             # (s - t).pow(2), not F.mse_loss(s, t): mse_loss would save t, an inference tensor.
             return (s - t).pow(2).mean()

@@ -55,7 +55,7 @@ from segkd.distill.bands import (  # noqa: F401  (re-exported)
     kept_radius,
 )
 from segkd.distill.feature import adapter as make_adapter
-from segkd.distill.registry import DistillLoss, register
+from segkd.distill.registry import DistillLoss, check_same_shape, register
 
 HIGH_MODES = ("regularize", "kd", "amplitude", "none")
 #: option `tap` -> SegOutput field
@@ -161,9 +161,7 @@ def band_loss(student: torch.Tensor, teacher: torch.Tensor, band: BandSplit, hig
         if standardize:
             s, t = standardized(s), standardized(t)
         width = adapter.out_channels if adapter is not None else s.shape[1]
-        if (s.shape[0], width, *s.shape[2:]) != t.shape:
-            raise ValueError(f"adapted student feature {(s.shape[0], width, *s.shape[2:])} and teacher "
-                             f"feature {tuple(t.shape)} differ")
+        check_same_shape((s.shape[0], width, *s.shape[2:]), t.shape, "adapted decoder feature")
         if isinstance(band, ProjectionSplit) and high in ("regularize", "none"):
             if high == "regularize":
                 c_s, high_term = CoefficientsAndHighL1.apply(s, band)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from segkd.classes import IGNORE_INDEX
-from segkd.distill.registry import DistillLoss, register
+from segkd.distill.registry import DistillLoss, check_same_shape, register
 
 
 def valid_mask(labels: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
@@ -49,12 +49,6 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"option 'temperature': must be > 0, got {temperature}")
 
 
-def _check_same_shape(student: torch.Tensor, teacher: torch.Tensor) -> None:
-    if student.shape != teacher.shape:
-        raise ValueError(f"student logits {tuple(student.shape)} and teacher logits "
-                         f"{tuple(teacher.shape)} differ")
-
-
 @register("kd")
 class PixelKD(DistillLoss):
     """Pixel-wise logit KD (Hinton et al. 2015, "Distilling the knowledge in a neural network").
@@ -79,7 +73,7 @@ class PixelKD(DistillLoss):
         self.check_dims(student_dims, teacher_dims)
 
     def forward(self, student, teacher, labels=None) -> torch.Tensor:
-        _check_same_shape(student.logits, teacher.logits)
+        check_same_shape(student.logits.shape, teacher.logits.shape, "logits")
         valid = valid_mask(labels, student.logits.shape[-2:])
         return pixel_kl(student.logits, teacher.logits, self.temperature, valid)
 
@@ -106,5 +100,5 @@ class ChannelWiseKD(DistillLoss):
         self.check_dims(student_dims, teacher_dims)
 
     def forward(self, student, teacher, labels=None) -> torch.Tensor:
-        _check_same_shape(student.logits, teacher.logits)
+        check_same_shape(student.logits.shape, teacher.logits.shape, "logits")
         return channel_kl(student.logits, teacher.logits, self.temperature)

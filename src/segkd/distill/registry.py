@@ -151,6 +151,12 @@ class Distillation(nn.Module):
                 for name, loss in self.terms.items()}
 
 
+def check_same_shape(student: tuple, teacher: tuple, what: str) -> None:
+    """ValueError unless the student's map (after its adapter, if any) has the teacher's shape."""
+    if tuple(student) != tuple(teacher):
+        raise ValueError(f"{what}: student {tuple(student)} and teacher {tuple(teacher)} differ")
+
+
 def loss_of(term: str, options: dict) -> str:
     """The loss a method's term uses: its `loss` option, else the term's own name (``kd: {weight}``)."""
     return options.get("loss", term)

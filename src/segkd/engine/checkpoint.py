@@ -102,7 +102,7 @@ def load_run_checkpoint(path: str | Path) -> dict:
 
 def _looks_like(state: dict) -> str | None:
     """The SegFormer variant whose encoder widths and depths the weights have, if any."""
-    from segkd.models.segformer import VARIANTS
+    from segkd.models.segformer import SIZES
 
     blocks: dict[int, set[int]] = {}
     for key in state:
@@ -112,7 +112,7 @@ def _looks_like(state: dict) -> str | None:
     depths = tuple(len(blocks.get(s, ())) for s in range(4))
     norms = [state.get(f"encoder.stages.{s}.norm.weight") for s in range(4)]
     widths = tuple(n.shape[0] if isinstance(n, torch.Tensor) else 0 for n in norms)
-    return next((name for name, v in VARIANTS.items() if (v.stage_dims, v.depths) == (widths, depths)), None)
+    return next((name for name, v in SIZES.items() if (v.stage_dims, v.depths) == (widths, depths)), None)
 
 
 def load_model_state(model: torch.nn.Module, ckpt: dict, path: str | Path) -> None:

@@ -22,16 +22,10 @@ from pathlib import Path
 from segkd import layout
 from segkd.config import spec_hash
 from segkd.engine import checkpoint as ckpt_io
+from segkd.jsonfiles import write_json
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Replace `path` atomically with `data` as JSON (sorted keys, one space indent)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict | None:
+def read_state(path: Path) -> dict | None:
     """The JSON object in `path`, or None when it is absent or unreadable (a file from a killed writer
     cannot be half-written, since every file here is replaced atomically, but a user may edit one)."""
     try:
@@ -73,7 +67,7 @@ def write_progress(out: Path, spec: dict, iteration: int, elapsed_s: float) -> N
 
 def recorded_mlflow_run(out: Path, spec: dict) -> str | None:
     """The MLflow run id an earlier attempt of this run (same spec) recorded, else None."""
-    record = read_json(out / layout.MLFLOW_RUN)
+    record = read_state(out / layout.MLFLOW_RUN)
     if record is None or record.get("spec_sha256") != spec_hash(spec):
         return None
     return record.get("run_id")

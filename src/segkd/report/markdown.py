@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from segkd.report.stats import ALPHA, NO_TEACHER
+from segkd.report.stats import ALPHA
+from segkd.runs import NO_TEACHER
 
 
 def table(df: pd.DataFrame, formats: dict[str, str] | None = None, default: str = "{:.2f}") -> str:

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from segkd.config import BASELINE
-from segkd.report.stats import NO_TEACHER
+from segkd.runs import NO_TEACHER
 
 STYLE = {"svg.hashsalt": "segkd", "font.size": 9, "axes.titlesize": 10, "axes.spines.top": False,
          "axes.spines.right": False, "savefig.dpi": 120, "savefig.bbox": "tight"}

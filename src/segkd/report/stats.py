@@ -18,7 +18,6 @@ from statsmodels.stats.weightstats import DescrStatsW
 
 from segkd.classes import CLASS_NAMES
 from segkd.config import BASELINE, STUDENT_ROLE
-from segkd.runs import NO_TEACHER  # the baseline's teacher column, as in its run directory
 
 ALPHA = 0.05
 METRICS = ("mIoU", "mPA", "aAcc")
