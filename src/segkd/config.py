@@ -258,3 +258,44 @@ def spec_json(spec: dict) -> str:
 def spec_hash(spec: dict) -> str:
     """Short content hash of a run spec (12 hex digits of the SHA-256 of its canonical JSON)."""
     return hashlib.sha256(spec_json(spec).encode()).hexdigest()[:12]
+
+
+class _Absent:
+    """A key one of two specs does not have."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+ABSENT = _Absent()
+SHOWN_VALUE = 60  # characters of a differing value shown in a message
+
+
+@dataclass(frozen=True)
+class SpecChange:
+    """One key whose value differs between a run's recorded spec and the study's."""
+
+    key: str  # dotted, e.g. terms.kd.weight
+    run: Any
+    study: Any
+
+    @staticmethod
+    def shown(value: Any) -> str:
+        text = "(absent)" if value is ABSENT else json.dumps(value, sort_keys=True)
+        return text if len(text) <= SHOWN_VALUE else text[:SHOWN_VALUE - 3] + "..."
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.shown(self.run)} vs {self.shown(self.study)}"
+
+
+def spec_changes(run_spec: Any, study_spec: Any, prefix: str = "") -> list[SpecChange]:
+    """Every leaf key whose value differs between two specs (compared as canonical JSON), in key order:
+    what `segkd aggregate` and `segkd status` say of a run trained under another spec than the study's."""
+    if isinstance(run_spec, dict) and isinstance(study_spec, dict):
+        changes = []
+        for key in sorted(set(run_spec) | set(study_spec), key=str):
+            changes += spec_changes(run_spec.get(key, ABSENT), study_spec.get(key, ABSENT), f"{prefix}{key}.")
+        return changes
+    if run_spec is not ABSENT and study_spec is not ABSENT and spec_json(run_spec) == spec_json(study_spec):
+        return []
+    return [SpecChange(prefix.rstrip(".") or "<spec>", run_spec, study_spec)]

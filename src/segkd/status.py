@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from segkd import layout
-from segkd.config import Study, spec_hash, spec_json
+from segkd.config import ABSENT, SpecChange, Study, spec_changes, spec_hash, spec_json
 from segkd.runs import Run, expected_runs
 
 STATES = ("done", "running", "interrupted", "failed", "stale", "missing")
@@ -58,18 +58,6 @@ SHOWN_CHANGES = 3  # spec differences shown per stale run
 SHOWN_MISSING = 10  # missing runs listed in the text (the table counts them all)
 
 Group = tuple[str, str]  # (teacher, method): a job kind; a teacher run's group is (model, "")
-
-
-@dataclass(frozen=True)
-class SpecChange:
-    """One key whose value differs between a run's recorded spec and the study's."""
-
-    key: str  # dotted, e.g. terms.kd.weight
-    run: Any
-    study: Any
-
-    def __str__(self) -> str:
-        return f"{self.key}: {_canonical(self.run)} vs {_canonical(self.study)}"
 
 
 @dataclass(frozen=True)
@@ -289,30 +277,6 @@ def is_alive(progress: dict, now: float, log_every: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ states
-
-
-def spec_changes(run_spec: Any, study_spec: Any, prefix: str = "") -> list[SpecChange]:
-    """Every leaf key whose value differs (compared as canonical JSON), in key order."""
-    if isinstance(run_spec, dict) and isinstance(study_spec, dict):
-        changes = []
-        for key in sorted(set(run_spec) | set(study_spec), key=str):
-            changes += spec_changes(run_spec.get(key, _ABSENT), study_spec.get(key, _ABSENT), f"{prefix}{key}.")
-        return changes
-    if _canonical(run_spec) == _canonical(study_spec):
-        return []
-    return [SpecChange(prefix.rstrip("."), run_spec, study_spec)]
-
-
-class _Absent:
-    def __repr__(self) -> str:
-        return "(absent)"
-
-
-_ABSENT = _Absent()
-
-
-def _canonical(value: Any) -> str:
-    return "(absent)" if value is _ABSENT else json.dumps(value, sort_keys=True)
 
 
 def run_state(run: Run, study: Study, runs_root: Path = layout.RUNS, logs_root: Path = layout.LOGS,
@@ -557,7 +521,7 @@ def as_json(status: StudyStatus) -> dict:
 
 
 def _plain(value: Any) -> Any:
-    return None if value is _ABSENT else value
+    return None if value is ABSENT else value
 
 
 def _kind_of(status: StudyStatus, group: Group) -> str:

@@ -22,14 +22,13 @@ import pandas as pd
 
 from segkd import layout
 from segkd.classes import CLASS_NAMES
-from segkd.config import BASELINE, STUDENT_ROLE, Study, spec_json
+from segkd.config import BASELINE, STUDENT_ROLE, Study, spec_changes, spec_json
 from segkd.errors import UserError
 from segkd.report import markdown, plots, stats
 from segkd.runs import Run, expected_runs
 
 SHOWN_MISSING = 5  # missing (or stale) runs named in the error message; the rest are counted
 SHOWN_DIFFS = 3  # differing spec keys named for a stale run
-SHOWN_VALUE = 60  # characters of a differing value shown
 PLOTS = "plots"  # the figures' folder inside `out` (a DVC output of its own)
 FIGURES = {"miou": f"{PLOTS}/miou.png", "class_deltas": f"{PLOTS}/class_deltas.png", "loss": f"{PLOTS}/loss.png",
            "sensitivity": f"{PLOTS}/sensitivity.png"}
@@ -80,29 +79,6 @@ def read_metrics(path: Path, run: Run) -> tuple[dict, list[dict], dict | None]:
     return row, losses, params if isinstance(params, dict) else None
 
 
-def _shown(value) -> str:
-    text = json.dumps(value, sort_keys=True)
-    return text if len(text) <= SHOWN_VALUE else text[:SHOWN_VALUE - 3] + "..."
-
-
-def spec_differences(recorded, expected, prefix: str = "") -> list[str]:
-    """The keys where a run's recorded spec and the study's differ, as `key: recorded vs expected`."""
-    if isinstance(recorded, dict) and isinstance(expected, dict):
-        out = []
-        for key in sorted(recorded.keys() | expected.keys()):
-            name = f"{prefix}.{key}" if prefix else key
-            if key not in recorded or key not in expected:
-                mine = _shown(recorded[key]) if key in recorded else "absent"
-                theirs = _shown(expected[key]) if key in expected else "absent"
-                out.append(f"{name}: {mine} vs {theirs}")
-            else:
-                out += spec_differences(recorded[key], expected[key], name)
-        return out
-    if spec_json(recorded) == spec_json(expected):
-        return []
-    return [f"{prefix or '<spec>'}: {_shown(recorded)} vs {_shown(expected)}"]
-
-
 def stale_reason(params: dict | None, expected: dict) -> str | None:
     """Why a run's metrics do not belong to the study as it stands (None: they do).
 
@@ -114,7 +90,7 @@ def stale_reason(params: dict | None, expected: dict) -> str | None:
         return "no run spec recorded (no 'params')"
     if spec_json(params) == spec_json(expected):
         return None
-    diffs = spec_differences(params, expected)
+    diffs = [str(change) for change in spec_changes(params, expected)]
     more = f", and {len(diffs) - SHOWN_DIFFS} more" if len(diffs) > SHOWN_DIFFS else ""
     return ", ".join(diffs[:SHOWN_DIFFS]) + more + " (run vs study)"
 
