@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 CORES ?= all
+# pytest-xdist workers: each test file runs whole on one worker, so its module fixtures are built once
+TEST_WORKERS ?= 2
 
 .PHONY: study test bench clean-results
 
@@ -17,7 +19,7 @@ study: $(VENV)/.installed
 	snakemake --cores $(CORES)
 
 test: $(VENV)/.installed
-	pytest
+	pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/models.py

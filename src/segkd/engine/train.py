@@ -199,6 +199,30 @@ def run_name(spec: dict) -> str:
     return f"{name}/fold{spec['fold']}"
 
 
+def next_batch(state: TrainingState, data: FoldData, augment: Augment, device: torch.device):
+    """The next (images, labels) of the run's seeded order, augmented on the device."""
+    idx = state.sampler.next()
+    images = data.train_images[idx].to(device, non_blocking=True)
+    labels = data.train_labels[idx].to(device, non_blocking=True)
+    x, y = augment(images, labels, state.data_rng)
+    return x.contiguous(memory_format=torch.channels_last), y
+
+
+def optimise(state: TrainingState, terms: dict, iteration: int, kept: Path) -> torch.Tensor:
+    """One optimiser step on the sum of the loss terms (refused if it is not finite); the loss."""
+    loss = sum(terms.values())
+    if not torch.isfinite(loss):
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        raise TrainingDiverged(f"non-finite loss at iteration {iteration}: {values}; "
+                               f"the last good checkpoint ({kept}) is kept")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step_update(iteration)
+    return loss
+
+
 def train(spec: dict, out: str | Path) -> dict:
     """Run `spec` in directory `out` (resuming from its checkpoint if present); return the metrics."""
     out, cfg, name = Path(out), spec["train"], run_name(spec)
@@ -234,22 +258,9 @@ def train(spec: dict, out: str | Path) -> dict:
     try:
         tic, window_images = time.perf_counter(), 0
         for it in range(start, spec["iterations"]):
-            idx = state.sampler.next()
-            images = data.train_images[idx].to(device, non_blocking=True)
-            labels = data.train_labels[idx].to(device, non_blocking=True)
-            x, y = augment(images, labels, state.data_rng)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x, y = next_batch(state, data, augment, device)
             terms = step_losses(model, x, y, precision, teacher, state.distill)
-            loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                raise TrainingDiverged(f"non-finite loss at iteration {it + 1}: {values}; "
-                                       f"the last good checkpoint ({out / layout.PARTIAL}) is kept")
-            optimizer.zero_grad(set_to_none=True)
-            state.scaler.scale(loss).backward()
-            state.scaler.step(optimizer)
-            state.scaler.update()
-            state.scheduler.step_update(it + 1)
+            loss = optimise(state, terms, it + 1, out / layout.PARTIAL)
             window_images += x.shape[0]
             done = it + 1
             if done % cfg["log_every"] == 0 or done == spec["iterations"]:
