@@ -5,10 +5,18 @@ Measures images/s and peak memory of
   (b) the B0 student + B2 teacher step of each method as `segkd train` runs it (`step_losses`, the
       optimizer from `create_optimizer`), and
   (c) the same distillation step written on `transformers.SegformerForSemanticSegmentation` in fp32, the
-      way a user would: teacher under no_grad, KD on the logits, `freq` with a forward hook on the decode
-      head's activation, torch.fft masks and a full-resolution 1x1 adapter, plain torch AdamW;
+      way a user would, computing segkd's loss: teacher under no_grad; `kd` as KL(teacher || student) on
+      the 1/4-resolution logits (T = 1, mean over non-void pixels); `freq` with a forward hook on the decode
+      head's activation, a full-resolution 1x1 adapter (256 -> 768), a torch.fft box low-pass,
+      F.mse_loss of the adapted student's low band against the teacher's, plus the L1 of the student's own
+      high band (before the adapter); plain torch AdamW;
 at each size, batch 8. Steps of all variants alternate within every repeat, so load from other processes
 hits all alike; medians after warm-up.
+
+Before timing, at each size, it checks that (c) computes segkd's loss (`reference_check`): the `kd` and
+`freq` terms on the same features and logits, with segkd's adapter weights in the reference's adapter
+(values, `freq`'s low and high parts, gradients), both against the reference in float64, and the whole
+step loss with segkd's weights exported into the transformers models.
 
 It also counts FLOPs per step (torch.utils.flop_counter) and prints achieved GFLOP/s of the student step,
 the teacher forward and the whole `freq` step against this machine's matmul peak, measured here too;
@@ -18,7 +26,7 @@ step (the term's forward + backward on real decoder features, timed alone).
 
 Levers (--levers HxW): the shipped `freq` step with one knob turned each. Every lever step runs right
 after a shipped step and the table gives the median of those paired ratios, which stays honest when
-the machine's speed drifts during the run (it does on shared CPUs, by 10-15% within minutes).
+the machine's speed drifts during the run (it does on shared CPUs).
 
 Peak memory: the first step of each variant in a fresh process (so the optimizer state it creates
 counts); on CUDA torch.cuda.max_memory_allocated, on CPU the rise of the resident-set high-water mark
@@ -42,12 +50,14 @@ import torch.nn.functional as F
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
+from segkd.distill.frequency import band_loss
 from segkd.distill.registry import build_distillation
 from segkd.engine.allocator import retain_freed_memory
 from segkd.engine.evaluate import autocast
 from segkd.engine.optim import create_optimizer
 from segkd.engine.train import step_losses
 from segkd.models import create_model
+from segkd.models.weights import export
 
 BATCH = 8
 TRAIN = {"lr": 6e-4, "head_lr_mult": 10.0, "weight_decay": 0.01}
@@ -101,6 +111,34 @@ def fft_low(x: torch.Tensor, ratio: float) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.fft2(x) * mask).real
 
 
+def reference_kd(s_logits, t_logits, y):
+    """segkd's `kd` (T = 1), written plainly: KL(teacher || student) over the classes of the 1/4-resolution
+    logits, averaged over the pixels whose label (resized by nearest) is not void (255)."""
+    valid = F.interpolate(y[:, None].float(), size=s_logits.shape[-2:], mode="nearest")[:, 0] != 255
+    kl = F.kl_div(F.log_softmax(s_logits, 1), F.softmax(t_logits, 1), reduction="none").sum(1)
+    return kl[valid].mean()
+
+
+def reference_freq(s, t, adapter, ratio=0.2):
+    """segkd's `freq` (box band, high: regularize), written plainly: MSE between the low bands of the
+    adapted student feature (1x1 conv 256 -> 768 on the full map) and of the teacher's feature, plus the
+    L1 of the student's own high band (256 channels, before the adapter)."""
+    low_s = fft_low(s, ratio)
+    return F.mse_loss(fft_low(adapter(s), ratio), fft_low(t, ratio)) + (s - low_s).abs().mean()
+
+
+def hf_loss(student, teacher, method, adapter, s_feat, t_feat, x, y):
+    """Task loss + weighted term of one step on the transformers models (the hooks fill s_feat / t_feat)."""
+    out = student(pixel_values=x, labels=y)  # upsamples the logits, cross-entropy with ignore 255
+    if method is None:
+        return out.loss
+    with torch.no_grad():
+        t_logits = teacher(pixel_values=x).logits
+    if method == "kd":
+        return out.loss + 0.01 * reference_kd(out.logits, t_logits, y)
+    return out.loss + 0.1 * reference_freq(s_feat["x"], t_feat["x"], adapter, 0.2)
+
+
 def hf_step(student, teacher, method, x, y):
     s_feat, t_feat = decoder_feature(student), decoder_feature(teacher)
     adapter = torch.nn.Conv2d(256, 768, 1) if method == "freq" else None
@@ -108,23 +146,143 @@ def hf_step(student, teacher, method, x, y):
     optimizer = torch.optim.AdamW(params, lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"])
 
     def step():
-        out = student(pixel_values=x, labels=y)  # upsamples the logits, cross-entropy with ignore 255
-        loss = out.loss
-        if method is not None:
-            with torch.no_grad():
-                t_logits = teacher(pixel_values=x).logits
-            if method == "kd":
-                loss = loss + 0.01 * F.kl_div(F.log_softmax(out.logits, 1), F.softmax(t_logits, 1),
-                                              reduction="none").sum(1).mean()
-            else:
-                s, t = adapter(s_feat["x"]), t_feat["x"]
-                low_s = fft_low(s, 0.2)
-                loss = loss + 0.1 * (F.mse_loss(low_s, fft_low(t, 0.2)) + (s - low_s).abs().mean())
+        loss = hf_loss(student, teacher, method, adapter, s_feat, t_feat, x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     return step
+
+
+# ---------------------------------------------------------------- the reference computes segkd's loss
+def as_hf(model, name: str):
+    """A transformers model holding a segkd model's weights (the same mode)."""
+    hf = hf_model(name)
+    hf.load_state_dict(export(model.state_dict(), "hf"), strict=True)
+    return hf.train(model.training)
+
+
+def randomise(model, seed: int) -> None:
+    """Non-default norm affines and BN statistics, and a classifier 10x its init, so that the check
+    compares non-trivial numbers (logits of unit scale, not the near-uniform ones of a fresh model)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
+                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=gen))
+                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=gen))
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=gen))
+                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=gen))
+        model.decode_head.linear_pred.weight.mul_(10)
+
+
+def reference_check(h: int, w: int, batch: int = BATCH, seed: int = 0) -> dict[str, dict[str, float]]:
+    """segkd's loss and the transformers reference's on the same inputs, by quantity:
+    {"segkd", "reference", "exact"} (exact: the reference in float64; None where not computed).
+
+    * Terms: segkd's weighted `kd` / `freq` terms (`Distillation`, as `step_losses` calls it) and the
+      reference's (0.01 `reference_kd`, 0.1 `reference_freq` with segkd's adapter weights copied into
+      its Conv2d) on the same student / teacher decoder features and logits; `freq`'s low and high
+      parts unweighted (segkd's `band_loss` with high none / with low_weight 0), and the gradients
+      of the weighted term with respect to the adapter's weight and to the student's feature (on the
+      maps where the L1's sign is defined in float32: the high band nowhere 0 up to rounding).
+    * Steps: segkd's models' weights exported into the transformers models, both in eval mode (no
+      dropout / drop path): the step loss of `step_losses` (task + term) against `hf_loss`
+      (transformers' task loss, the hooked decoder features). transformers' LayerNorm eps differs
+      (1e-5 everywhere; MiT's 1e-6 in the blocks, as segkd).
+    Labels include void (255) pixels, so KD's mask counts.
+    """
+    torch.manual_seed(seed)
+    x = torch.randn(batch, 3, h, w)
+    y = torch.randint(0, 11, (batch, h, w))
+    y[:, : h // 6] = 255  # void pixels, which KD leaves out
+    student = create_model("segformer_b0", num_classes=11).eval()
+    teacher = create_model("segformer_b2", num_classes=11).eval().requires_grad_(False)
+    randomise(student, seed + 1)
+    randomise(teacher, seed + 2)
+    hf_s, hf_t = as_hf(student, "b0"), as_hf(teacher, "b2")
+    s_feat, t_feat = decoder_feature(hf_s), decoder_feature(hf_t)
+    s_out = student(x)
+    with torch.inference_mode():
+        t_out = teacher(x)
+    s_logits, s_dec = s_out.logits.detach(), s_out.decoder.detach()
+    t_logits, t_dec = t_out.logits.clone(), t_out.decoder.clone()
+    rows = {}
+
+    def row(name, ours, ref, exact=None):
+        rows[name] = {"segkd": ours.item() if ours.numel() == 1 else ours.abs().max().item(),
+                      "reference": ref.item() if ref.numel() == 1 else ref.abs().max().item(),
+                      "max |diff|": (ours.double() - ref.double()).abs().max().item(),
+                      "exact": exact,
+                      "ours": ours.detach(), "ref": ref.detach()}
+
+    # kd
+    kd = build_distillation(METHODS["kd"], student.feature_dims, teacher.feature_dims)
+    row("kd term (weighted)", kd(s_out._replace(logits=s_logits), t_out, y)["kd"],
+        0.01 * reference_kd(s_logits, t_logits, y), 0.01 * reference_kd(s_logits.double(), t_logits.double(), y))
+    # freq: value, parts, gradients
+    freq = build_distillation(METHODS["freq"], student.feature_dims, teacher.feature_dims)
+    term = freq.terms["freq"]
+    adapter, exact_adapter = torch.nn.Conv2d(256, 768, 1), torch.nn.Conv2d(256, 768, 1).double()
+    adapter.load_state_dict(term.adapter.state_dict())
+    exact_adapter.load_state_dict(term.adapter.state_dict())
+    with torch.no_grad():
+        row("freq low part: MSE(low(A s), low(t))", band_loss(s_dec, t_dec, term.band, "none", adapter=term.adapter),
+            F.mse_loss(fft_low(adapter(s_dec), 0.2), fft_low(t_dec, 0.2)),
+            F.mse_loss(fft_low(exact_adapter(s_dec.double()), 0.2), fft_low(t_dec.double(), 0.2)))
+        row("freq high part: mean |high(s)|", band_loss(s_dec, t_dec, term.band, "regularize", adapter=term.adapter,
+                                                        low_weight=0.0),
+            (s_dec - fft_low(s_dec, 0.2)).abs().mean(), (s_dec.double() - fft_low(s_dec.double(), 0.2)).abs().mean())
+    feature, ref_feature = s_dec.clone().requires_grad_(), s_dec.clone().requires_grad_()
+    ours = freq(s_out._replace(decoder=feature), t_out, y)["freq"]
+    ref = 0.1 * reference_freq(ref_feature, t_dec, adapter, 0.2)
+    exact_feature = s_dec.double().requires_grad_()
+    exact = 0.1 * reference_freq(exact_feature, t_dec.double(), exact_adapter, 0.2)
+    row("freq term (weighted)", ours, ref, exact)
+    for loss in (ours, ref, exact):
+        loss.backward()
+    # The L1's gradient is sign(high(s)) - low(sign(high(s))), per map: where the exact high band is 0 up
+    # to float32 rounding (at a pixel, or everywhere in a map the ReLU zeroes), its float32 sign is noise in
+    # either implementation and so is the gradient of that whole map. Compared on the other maps.
+    with torch.no_grad():
+        high = s_dec.double() - fft_low(s_dec.double(), 0.2)
+        kept = (high.abs() > 1e-5 * s_dec.abs().max()).flatten(2).all(2)[..., None, None].expand_as(high)
+    name = (f"freq term: d/d student feature (maps with every |high(s)| > 1e-5 max |s|: "
+            f"{100 * kept.double().mean():.1f}%)")
+    row(name, feature.grad[kept], ref_feature.grad[kept])
+    rows[name]["exact"] = exact_feature.grad[kept]
+    row("freq term: d/d adapter weight", term.adapter.weight.grad, adapter.weight.grad)
+    rows["freq term: d/d adapter weight"]["exact"] = exact_adapter.weight.grad
+    # whole step losses
+    with torch.no_grad():
+        for method, distill in (("kd", kd), ("freq", freq)):
+            row(f"{method} step loss (task + term), eval mode",
+                sum(step_losses(student, x, y, "fp32", teacher, distill).values()),
+                hf_loss(hf_s, hf_t, method, adapter, s_feat, t_feat, x, y))
+    for r in rows.values():  # relative errors
+        ours, ref, exact = r.pop("ours"), r.pop("ref"), r["exact"]
+        scale = lambda t: max(t.double().abs().max().item(), 1e-30)  # noqa: E731
+        r["rel diff"] = r["max |diff|"] / scale(ours)
+        if exact is not None:
+            r["segkd rel err"] = (ours.double() - exact.double()).abs().max().item() / scale(exact)
+            r["reference rel err"] = (ref.double() - exact.double()).abs().max().item() / scale(exact)
+            r["exact"] = exact.item() if exact.numel() == 1 else exact.abs().max().item()
+    return rows
+
+
+def print_reference_check(h: int, w: int) -> None:
+    start = time.perf_counter()
+    rows = reference_check(h, w)
+    print(f"\nreference check at {h}x{w}, batch {BATCH}: segkd's loss and the transformers reference's, same "
+          f"weights and inputs, fp32 (exact: the reference in float64; gradients: max |.| of the tensor, "
+          f"diff and errors max-abs over its scale; {time.perf_counter() - start:.0f} s)\n")
+    print("| quantity | segkd | reference | rel diff | exact (float64) | segkd rel err | reference rel err |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for k, r in rows.items():
+        f = lambda key, spec: "" if r.get(key) is None else format(r[key], spec)  # noqa: E731
+        print(f"| {k} | {r['segkd']:.7g} | {r['reference']:.7g} | {r['rel diff']:.1e} | {f('exact', '.7g')} | "
+              f"{f('segkd rel err', '.1e')} | {f('reference rel err', '.1e')} |")
 
 
 # ---------------------------------------------------------------- measurement helpers
@@ -278,6 +436,8 @@ def memory_in_child(name: str, h: int, w: int) -> float:
 
 
 def bench_size(h: int, w: int, warmup: int, repeats: int) -> None:
+    print(f"\n### {h}x{w}, batch {BATCH}")
+    print_reference_check(h, w)
     steps, probes = build_steps(h, w)
     memory = {k: memory_in_child(k, h, w) for k in steps}
     timers = {**steps, "teacher forward alone": probes["teacher_forward"], "freq term": probes["freq_term"],
@@ -285,7 +445,7 @@ def bench_size(h: int, w: int, warmup: int, repeats: int) -> None:
     med = alternate(timers, warmup, repeats)
     teacher_in_step = statistics.median(probes["teacher in step"][-repeats:])
 
-    print(f"\n### {h}x{w}, batch {BATCH}\n")
+    print(f"\nsteps at {h}x{w}, batch {BATCH}:\n")
     print("| step | s/step | images/s | peak memory (MiB) | x transformers same method |")
     print("|---|---:|---:|---:|---:|")
     for k, fn in steps.items():

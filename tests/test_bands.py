@@ -105,30 +105,20 @@ def test_maps_are_the_checkpoint_models_split_by_the_term(runs, drawn):
 
 def test_logs_to_the_recorded_mlflow_run(tmp_path, monkeypatch, capsys):
     calls = []
-
-    class Run:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            calls.append("closed")
-
-        def log_artifact(self, path, artifact_path=None):
-            calls.append((path, artifact_path))
-
     tracking = types.ModuleType("segkd.tracking")
-    tracking.start_run_for = lambda spec, run_id: calls.append((spec["study"], run_id)) or Run()
+    tracking.add_artifact = lambda spec, run_id, path, artifact_path: calls.append(
+        (spec["study"], run_id, path, artifact_path))
     monkeypatch.setitem(sys.modules, "segkd.tracking", tracking)
     png = tmp_path / "b.png"
     spec = {"study": "smoke", "tracking": {"enabled": True}}
     assert band_figure.log_figure({"params": spec, "mlflow_run_id": "abc"}, png)
-    assert calls == [("smoke", "abc"), (png, "bands"), "closed"]
+    assert calls == [("smoke", "abc", png, "bands")]
     assert not band_figure.log_figure({"params": spec, "mlflow_run_id": None}, png)
     assert "recorded no MLflow run" in capsys.readouterr().err
     off = {"study": "smoke", "tracking": {"enabled": False}}
     assert not band_figure.log_figure({"params": off, "mlflow_run_id": "abc"}, png)
     assert f"tracking is disabled for this run; {png} is not logged" in capsys.readouterr().err
-    assert len(calls) == 3
+    assert len(calls) == 1
 
 
 def test_bad_runs_fail_with_one_clear_message(runs, tmp_path, capsys):

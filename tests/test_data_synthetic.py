@@ -27,8 +27,8 @@ def test_same_seed_same_pixels_other_seed_other_pixels(frames):
     again = list(synthetic.generate(sequences=2, frames=3, seed=0, height=48, width=64))
     for a, b in zip(again, [*frames[:3], *frames[10:13]]):
         assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
-    # any frame can be rendered on its own (parallel generation gives the same pixels)
-    image, label = synthetic.render_frame(0, 3, 7, 48, 64)
+    # any frame of any sequence can be rendered on its own, as `segkd prepare` does in worker processes
+    image, label = synthetic.Street(0, 3).render(7, 48, 64)
     assert np.array_equal(image, frames[37].image) and np.array_equal(label, frames[37].label)
     other = list(synthetic.generate(sequences=1, frames=1, seed=1, height=48, width=64))[0]
     assert not np.array_equal(other.label, frames[0].label)

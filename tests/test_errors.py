@@ -112,7 +112,7 @@ def test_state_dict_is_not_a_run_checkpoint(run, tmp_path, capsys):
     out = tmp_path / "m.json"
     line = assert_one_error(segkd(capsys, "evaluate", "--checkpoint", weights, "--out", out), "evaluate",
                             str(weights), "not a segkd run checkpoint (it has no run spec)", "models.pretrained")
-    assert len(line) < 200
+    assert len(line) - len(str(weights)) < 150  # short, whatever the temporary folder's name
     assert not out.exists()
 
 

@@ -97,24 +97,16 @@ def test_comments_docstrings_reformatting_and_help_text_rerun_nothing(clone):
     assert dry_run(clone) == NOTHING
 
 
-def test_a_tracking_change_reruns_nothing(clone):
-    append(clone, "tracking.py", "\nPARAMS_PER_BATCH = 50\n")
-    assert dry_run(clone) == NOTHING
-
-
-def test_a_report_change_reruns_only_the_aggregate(clone):
-    append(clone, "report/stats.py", "\nALPHA = 0.01\n")
-    assert dry_run(clone) == REPORT
-
-
-def test_a_loss_change_reruns_exactly_the_students(clone):
-    append(clone, "distill/logits.py", "\nKL_CHANGED = True\n")
-    assert dry_run(clone) == STUDENTS
-
-
-def test_a_training_loop_change_reruns_every_training_job(clone):
-    append(clone, "engine/train.py", "\nLOOP_CHANGED = True\n")
-    assert dry_run(clone) == TRAINING
+@pytest.mark.parametrize("module, change, reruns", [
+    ("tracking.py", "PARAMS_PER_BATCH = 50", NOTHING),
+    ("report/stats.py", "ALPHA = 0.01", REPORT),
+    ("distill/logits.py", "KL_CHANGED = True", STUDENTS),
+    ("engine/train.py", "LOOP_CHANGED = True", TRAINING),
+], ids=["tracking-reruns-nothing", "report-reruns-the-aggregate", "loss-reruns-the-students",
+        "training-loop-reruns-every-training-job"])
+def test_a_real_change_reruns_exactly_the_jobs_that_run_it(clone, module, change, reruns):
+    append(clone, module, f"\n{change}\n")
+    assert dry_run(clone) == reruns
 
 
 def test_a_data_change_reruns_the_data_jobs_and_what_reads_them(clone):

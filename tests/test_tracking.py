@@ -281,3 +281,17 @@ def test_an_out_of_date_store_is_one_line_naming_the_upgrade(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, f"sqlite:///{db}"], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.strip() == (
         f"MLflow store sqlite:///{db}: out-of-date schema; back it up, then run `mlflow db upgrade sqlite:///{db}`")
+
+
+def test_an_artifact_added_to_a_finished_run_keeps_it_the_one_finished_run(store, tmp_path):
+    _, uri = store
+    spec = make_spec("study-art", seed=0, fold=1)
+    with tracking.start_run_for(spec, uri=uri) as run:
+        run.log_metrics(1, {"loss": 1.0})
+    figure = tmp_path / "bands.png"
+    figure.write_bytes(b"png")
+    tracking.add_artifact(spec, run.run_id, figure, "bands", uri=uri)
+    client = MlflowClient(uri)
+    runs = client.search_runs([experiment_id(client, "study-art")], "tags.role = 'student'")
+    assert [r.info.run_id for r in runs] == [run.run_id] and runs[0].info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run.run_id, "bands")] == ["bands/bands.png"]

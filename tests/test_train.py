@@ -81,27 +81,41 @@ def test_same_seed_gives_identical_metrics_and_other_seed_differs(study, data, t
     assert other["fold"] == 1 and other["confusion"] != a["confusion"]
 
 
+def _start(spec, run, tmp_path):
+    spec_file = tmp_path / f"{run.name}.json"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "segkd", "train", "--spec", f"@{spec_file}", "--out", str(run)]
+    return cmd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+
+
+def _kill_at(proc, run, iteration):
+    """SIGKILL the training process once its progress.json says it passed `iteration`."""
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if json.loads((run / "progress.json").read_text())["iteration"] >= iteration:
+                break
+        except (OSError, ValueError):
+            pass
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
+
+
 def test_resume_after_kill_matches_uninterrupted_run(study, data, tmp_path):
     spec = make_spec(study, data, iterations=40, checkpoint_every=10, log_every=5)
     reference = train(spec, tmp_path / "reference")
 
     run = tmp_path / "killed"
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(spec))
-    cmd = [sys.executable, "-m", "segkd.cli", "train", "--spec", f"@{spec_file}", "--out", str(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    deadline = time.monotonic() + 120
-    while not (run / "partial.pt").exists():
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
+    cmd, proc = _start(spec, run, tmp_path)
+    _kill_at(proc, run, 15)  # after the first checkpoint (10), before the second
 
     resumed = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from iteration" in resumed.stderr
+    assert "resuming from iteration 10" in resumed.stderr
     metrics = json.loads((run / "metrics.json").read_text())
     assert numbers(metrics) == numbers(reference)
     assert [h["loss"] for h in metrics["history"]] == [h["loss"] for h in reference["history"]]
@@ -184,30 +198,6 @@ def test_adapter_methods_train_under_reduced_precision(study, data, teacher_chec
     result = train(spec, tmp_path / "run")
     assert result["precision"] == precision
     assert all(v == v for v in result["history"][-1].values())
-
-
-def _start(spec, run, tmp_path):
-    spec_file = tmp_path / f"{run.name}.json"
-    spec_file.write_text(json.dumps(spec))
-    cmd = [sys.executable, "-m", "segkd", "train", "--spec", f"@{spec_file}", "--out", str(run)]
-    return cmd, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-
-
-def _kill_at(proc, run, iteration):
-    """SIGKILL the training process once its progress.json says it passed `iteration`."""
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if json.loads((run / "progress.json").read_text())["iteration"] >= iteration:
-                break
-        except (OSError, ValueError):
-            pass
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
 
 
 def _mlflow_runs(uri):

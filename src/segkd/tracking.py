@@ -376,6 +376,15 @@ class RunLogger:
             self.close("FAILED")
 
 
+def add_artifact(spec: Mapping[str, Any], run_id: str, path: str | os.PathLike, artifact_path: str | None = None,
+                 *, uri: str | None = None) -> None:
+    """Attach a file to a job's existing run, whatever its status (a figure drawn after the job
+    finished): the run is neither reopened nor ended, and no run is created."""
+    uri = resolve_uri(uri or spec.get("tracking_uri"))
+    init_store(uri, spec["study"])
+    RunLogger(_client(uri), run_id).log_artifact(path, artifact_path)
+
+
 # ---------------------------------------------------------------------------------------- study
 def log_study_artifacts(study_name: str, paths: Iterable[str | os.PathLike], *, uri: str | None = None,
                         artifact_path: str | None = None) -> str:

@@ -1,30 +1,36 @@
-"""Deterministic procedural street scenes in the CamVid label space: the embedded default dataset.
+"""Procedural street scenes in the CamVid label space: the dataset of the default study.
 
-Why procedural and not random shapes: the study compares students and teachers, so the data must keep
-CamVid's difficulties: thin poles and fence bars a pixel wide, small distant pedestrians, cyclists and
-signs, occlusion (parked cars hide the kerb, trees hide facades), classes that share colours (grey
-road, grey overcast sky, grey buildings, white lane markings and white signs), texture, haze, shadows,
-sensor noise and lighting that changes between sequences. A bigger model should do visibly better.
+They look as they do because of what the study needs from them:
 
-Each *sequence* is one street (a random layout of buildings, trees, poles, signs, fences, parked and
-moving cars, pedestrians, cyclists and void clutter) seen by a camera that drives forward; consecutive
-frames are a few metres apart, so they are strongly correlated, as in a CamVid video, and folds must
-be cut along sequences. Everything is a pure function of (seed, sequence, frame): the same seed gives
-the same pixels whatever order or process the frames are rendered in (and, with the same numpy and
-Pillow versions, on any machine).
+* CamVid's 11 classes in CamVid-like shares: road, buildings and sky fill most pixels; poles, signs,
+  fences, pedestrians and cyclists are thin or small and rare, a pixel or two wide in the distance.
+  That is where a bigger teacher beats the student, so where distillation can show anything.
+* Colours that do not give the class away: grey road, grey overcast sky and grey facades; white lane
+  markings, signs and cars; green trees and grass verges (both Tree, as in CamVid). Texture, shadows,
+  haze, per-street lighting (sunny, overcast, dusk) and sensor noise vary them further: a model needs
+  shape and context, as on CamVid, not a colour lookup. Occlusion too: parked cars hide the kerb,
+  trees hide facades.
+* Sequences that behave like CamVid's videos. A sequence is one street (its own layout, density,
+  geometry and lighting) seen by a camera driving forward a few metres a frame: neighbouring frames
+  are near-duplicates, distant ones show other stretches of the street. So a random frame split
+  leaks, as on CamVid, which is what the sequence-blocked folds and their guard frames are for.
+* Determinism: every frame is a pure function of (seed, sequence, frame), in whatever order or
+  process it is rendered (and, with the same numpy and Pillow, on any machine).
 
-Rendering: a pinhole camera over a flat ground plane. Ground (road with markings, kerb, pavement,
-verges), building facades (two depth planes per side, windows, shop signs) and sky are computed per
-pixel with numpy at the requested size; objects are drawn far-to-near with PIL ImageDraw on the image
-and on the label, on a canvas twice that size that is then box-filtered down (anti-aliasing; labels
-take the nearest sample). Last comes the camera: contrast, exposure, tint, vignetting, sensor noise.
+The content is data: WEATHER (lighting), KERBSIDE and TRAFFIC (the objects along a street: class,
+shape, spacing, placement, sizes, colours, motion) and BLOCK (the buildings), below. A generic renderer
+walks it: a pinhole camera over a flat ground plane; sky, ground and facades per pixel with numpy at
+the requested size; objects far to near with PIL on a canvas twice that size, box-filtered down
+(labels take the nearest sample); then the camera: contrast, exposure, tint, vignetting, noise. The
+tables are drawn from the random streams in their order: reordering rows or attributes changes every
+scene.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -65,12 +71,190 @@ def generate(sequences: int, frames: int, seed: int, height: int, width: int) ->
 
 
 def render_frame(seed: int, sequence: int, frame: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """One frame, independently of the others (for parallel generation)."""
+    """One frame, independently of the others."""
     return Street(seed, sequence).render(frame, height, width)
 
 
-# ---------------------------------------------------------------------------------------------- texture
-def _noise_tile(rng: np.random.Generator, size: int = 128, smooth: float = 3.0) -> np.ndarray:
+# ============================================================================================ the data
+FACADE_COLOURS = [(150, 70, 55), (170, 95, 70), (190, 170, 140), (205, 195, 175), (120, 115, 110),
+                  (160, 160, 155), (95, 90, 88), (215, 210, 200), (140, 110, 80), (175, 140, 110),
+                  (110, 60, 50), (200, 185, 150)]
+CAR_COLOURS = [(200, 200, 205), (30, 30, 35), (150, 20, 25), (20, 40, 110), (120, 125, 130), (235, 235, 235),
+               (60, 80, 60), (170, 150, 110), (90, 20, 40), (60, 60, 70), (200, 160, 30)]
+CLOTHES = [(30, 30, 40), (200, 200, 200), (120, 30, 30), (40, 60, 120), (90, 80, 60), (60, 90, 60),
+           (170, 120, 60), (20, 20, 20), (150, 150, 160), (190, 60, 120), (70, 70, 75)]
+SKIN = [(230, 190, 160), (190, 140, 100), (130, 90, 60), (90, 60, 40), (240, 205, 180)]
+HAIR = [(20, 15, 10), (80, 50, 30), (160, 130, 80), (120, 120, 120)]
+SIGN_COLOURS = [(200, 30, 30), (30, 60, 170), (235, 235, 235), (230, 190, 20), (20, 120, 60), (240, 120, 20)]
+POLE_COLOURS = [(110, 110, 110), (60, 70, 60), (35, 35, 35), (150, 150, 140)]
+TREE_COLOURS = [(60, 100, 40), (45, 80, 35), (90, 120, 50), (110, 100, 40), (70, 90, 60)]
+FENCE_COLOURS = [(40, 60, 40), (30, 30, 30), (120, 120, 120), (200, 200, 195), (120, 85, 50)]
+BOX_COLOURS = [(40, 50, 40), (150, 30, 30), (80, 80, 85), (170, 150, 110)]  # bins, crates, hoardings
+
+
+@dataclass(frozen=True)
+class Weather:
+    name: str
+    share: float  # of the streets
+    gain: tuple  # exposure range
+    tint: tuple  # colour balance, times a random ±6 % per channel and street
+    contrast: float  # times a random ±10 % per street
+    sky: tuple  # zenith (plus a random ±15 per channel and street) and horizon colours
+    fog_dist: float  # metres in which haze takes 63 % of a colour
+    sun: tuple | None  # length range of building shadows, metres per metre of height; None: no sun
+    cloud_white: float  # cloud brightness
+    diffuse: float  # facade brightness out of the sun
+
+
+WEATHER = [
+    Weather("sunny", 0.45, (0.95, 1.15), (1.0, 1.0, 1.0), 1.1, ((70, 120, 200), (190, 210, 235)), 250.0,
+            sun=(0.3, 1.2), cloud_white=235.0, diffuse=1.0),
+    Weather("overcast", 0.35, (0.8, 1.0), (0.97, 1.0, 1.03), 0.75, ((150, 155, 160), (200, 202, 205)), 140.0,
+            sun=None, cloud_white=211.5, diffuse=0.85),
+    Weather("dusk", 0.2, (0.55, 0.75), (1.12, 0.95, 0.82), 0.9, ((90, 90, 130), (235, 160, 110)), 180.0,
+            sun=None, cloud_white=211.5, diffuse=0.85),
+]
+
+
+# Attribute specs: (lo, hi) or (lo, hi, shape) uniform; [options] one of them; a function (rng, drawn, n)
+# such as chance(p), when(...) or walking(...) its value; anything else a constant.
+def _draw(spec, rng: np.random.Generator, drawn: dict | None = None, n: int | None = None):
+    """One value of `spec`, or an array of `n`."""
+    if isinstance(spec, tuple):
+        return rng.uniform(spec[0], spec[1], spec[2] if len(spec) > 2 else n)
+    if isinstance(spec, list):
+        i = rng.integers(len(spec), size=n)
+        return spec[int(i)] if n is None else np.asarray(spec, np.float32)[i]
+    return spec(rng, drawn, n) if callable(spec) else spec
+
+
+def _draw_all(specs: dict, rng: np.random.Generator, drawn: dict, n: int | None = None) -> dict:
+    for name, spec in specs.items():
+        drawn[name] = _draw(spec, rng, drawn, n)
+    return drawn
+
+
+def chance(p: float):
+    return lambda rng, drawn, n: rng.random(n) < p
+
+
+def when(flag: str, then, otherwise):
+    """`then` where the attribute `flag`, drawn before, is true, else `otherwise`."""
+    return lambda rng, drawn, n: _draw(then if drawn[flag] else otherwise, rng, drawn, n)
+
+
+def walking(speed: tuple, moving: float):
+    """Metres per frame, either way along the street; the others (1 - moving) stand still."""
+    return lambda rng, drawn, n: rng.uniform(*speed) * rng.choice([-1, 1]) * (rng.random() < moving)
+
+
+# Positions across the street, metres from its centre line (before the side's sign).
+def kerb(d: float):
+    """`d` metres from the kerb onto the pavement (negative: onto the road)."""
+    return lambda street, rng: street.kerb + d
+
+
+def back(d: float, setback: bool = False):
+    """`d` metres from the back of the pavement; `setback`: a random part of the way into deep front gardens."""
+    return lambda s, rng: s.back + d + (s.setback * rng.random() if setback and s.setback > 1 else 0)
+
+
+def between(a, b):
+    return lambda street, rng: rng.uniform(a(street, rng), b(street, rng))
+
+
+def one_of(p: float, a, b):
+    """`a` with chance `p`, else `b`."""
+    return lambda street, rng: a(street, rng) if rng.random() < p else b(street, rng)
+
+
+# Placement rules: the objects at a spot `z` along the street, as dicts of position (x, z) and speed (v).
+def kerbside(across, occupied: float = 1.0, pairs: float = 0.0, jitter: float = 0.0):
+    """Static, at `across` on the pavement of `side`. A spot is taken with chance `occupied`, by two
+    objects with chance `pairs`, each moved by up to ± `jitter` metres along the street."""
+    def place(street: Street, rng, side: float, z: float):
+        if occupied < 1 and not rng.random() < occupied:
+            return
+        for _ in range(1 + int(rng.random() < pairs) if pairs else 1):
+            x = side * across(street, rng)
+            yield {"x": x, "z": z + rng.uniform(-jitter, jitter) if jitter else z, "side": side}
+    return place
+
+
+def lanes(oncoming: float, oncoming_speed: tuple, ahead_speed: tuple, clear: float):
+    """With chance `oncoming`, a car coming towards the camera in the other lane at `oncoming_speed`
+    metres per frame; else one in the camera's lane driving ahead of it at `ahead_speed` times its
+    speed, if it starts more than `clear` metres ahead."""
+    def place(street: Street, rng, side, z: float):
+        if rng.random() < oncoming:
+            yield {"x": -street.lane_x, "z": z, "v": -rng.uniform(*oncoming_speed)}
+        elif z > clear:
+            yield {"x": street.lane_x, "z": z, "v": street.speed * rng.uniform(*ahead_speed)}
+    return place
+
+
+def cycle_lane(across, speed: tuple):
+    """At `across` on a random side of the road, riding with that side's traffic at `speed` metres per frame."""
+    def place(street: Street, rng, side, z: float):
+        side = float(rng.choice([-1, 1]))
+        yield {"x": side * across(street, rng), "z": z,
+               "v": rng.uniform(*speed) * (1 if side == street.drive_side else -1)}
+    return place
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    label: int  # the class of its pixels (a pole's sign and traffic light are SignSymbol)
+    shape: str  # drawn by _SHAPES[shape]
+    spacing: tuple  # range of a street's mean spacing between two, metres,
+    density: str | None  # divided by the street's "greenery" or "busy" factor
+    where: Callable  # placement rule
+    attrs: dict  # drawn per object in this order; h is its height (for culling)
+
+
+CAR_ATTRS = dict(big=chance(0.07), suv=chance(0.3),  # big: buses and lorries
+                 length=when("big", (8, 12), (3.8, 4.9)), width=when("big", (2.1, 2.4), (1.65, 1.9)),
+                 h=when("big", (2.8, 3.4), when("suv", (1.7, 2.0), (1.35, 1.6))), colour=CAR_COLOURS, shade=(0.8, 1.1))
+
+# What stands on the pavements (and the parking strips, 2 m wide along the kerbs): placed along one
+# side, then along the other.
+KERBSIDE = [
+    Kind("pole", POLE, "pole", (14, 35), None, kerbside(kerb(0.35)),
+         dict(sign=chance(0.55), h=(4.0, 8.5), w=(0.1, 0.22), colour=POLE_COLOURS, arm=chance(0.4),
+              sign_shape=["disc", "square", "triangle"], sign_h=(2.0, 3.2), sign_size=(0.5, 1.0),
+              sign_colour=SIGN_COLOURS, light=when("sign", False, chance(0.3)))),
+    Kind("tree", TREE, "tree", (6, 20), "greenery", kerbside(back(-0.6, setback=True)),
+         dict(trunk=(1.5, 3.0), crown=(1.5, 3.5), colour=TREE_COLOURS, lobes=(-1, 1, (5, 3)),
+              h=lambda rng, o, n: o["trunk"] + 2 * o["crown"])),
+    Kind("fence", FENCE, "fence", (25, 60), None, kerbside(one_of(0.3, kerb(0.15), back(-0.1))),
+         dict(length=(4, 20), h=(0.9, 1.6), gap=(0.12, 1.0), panel=chance(0.25), bar=(0.03, 0.08),
+              colour=FENCE_COLOURS)),
+    Kind("parked car", CAR, "car", (8, 20), "busy", kerbside(kerb(-1.0), occupied=0.4), CAR_ATTRS),
+    Kind("pedestrian", PEDESTRIAN, "pedestrian", (5, 15), "busy",
+         kerbside(between(kerb(0.5), back(-0.3)), pairs=0.25, jitter=1.0),
+         dict(child=chance(0.12), h=when("child", (1.0, 1.3), (1.55, 1.95)), v=walking((0.2, 0.5), moving=0.7),
+              shirt=CLOTHES, pants=CLOTHES, skin=SKIN, hair=HAIR, bag=chance(0.3), phase=(0, 6.3),
+              width=(0.4, 0.55))),
+    Kind("clutter", VOID, "box", (15, 40), None, kerbside(between(kerb(0.5), back(0.0))),
+         dict(w=(0.4, 1.2), h=(0.5, 1.4), colour=BOX_COLOURS)),
+]
+# What moves on the road, between the parking strips: two driving lanes, the camera in one of them.
+TRAFFIC = [
+    Kind("car", CAR, "car", (25, 60), "busy", lanes(0.5, (1.0, 4.0), (1.0, 1.2), clear=15.0), CAR_ATTRS),
+    Kind("bicyclist", BICYCLIST, "bicyclist", (15, 40), None, cycle_lane(kerb(-2.3), (0.5, 1.5)),
+         dict(frame_colour=CAR_COLOURS, clothes=CLOTHES, skin=SKIN, phase=(0, 6.3), h=1.7)),
+]
+
+# The facade of a building (its length and height come first: Street._blocks).
+BLOCK = dict(colour=FACADE_COLOURS, brightness=(0.8, 1.15), win_dz=(2.0, 4.0), win_w=(0.3, 0.6),
+             floor=(2.8, 3.6), win_h=(0.35, 0.6), win_dark=(20, 80), glass=chance(0.12),
+             sign=chance(0.6), sign_z=(0.1, 0.6), sign_len=(2.0, 8.0), sign_y=(2.6, 4.0), sign_h=(0.6, 1.4),
+             sign_colour=SIGN_COLOURS)
+
+
+# ============================================================================================ texture
+def _noise_tile(rng: np.random.Generator, smooth: float, size: int = 128) -> np.ndarray:
     """A periodic, smooth, unit-variance noise tile (Gaussian-filtered white noise)."""
     f = np.fft.fftfreq(size)
     filt = np.exp(-2 * (np.pi * smooth) ** 2 * (f[:, None] ** 2 + f[None, :] ** 2))
@@ -92,7 +276,7 @@ def _sample(tile: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def _fbm(tile: np.ndarray, x: np.ndarray, y: np.ndarray, octaves: int = 3) -> np.ndarray:
+def _fbm(tile: np.ndarray, x: np.ndarray, y: np.ndarray, octaves: int) -> np.ndarray:
     out, amp, scale = 0.0, 1.0, 1.0
     for o in range(octaves):
         out = out + amp * _sample(tile, x * scale + 37.0 * o, y * scale + 11.0 * o)
@@ -100,19 +284,7 @@ def _fbm(tile: np.ndarray, x: np.ndarray, y: np.ndarray, octaves: int = 3) -> np
     return out
 
 
-# ------------------------------------------------------------------------------------------------ scene
-_FACADE_COLOURS = np.array([
-    (150, 70, 55), (170, 95, 70), (190, 170, 140), (205, 195, 175), (120, 115, 110), (160, 160, 155),
-    (95, 90, 88), (215, 210, 200), (140, 110, 80), (175, 140, 110), (110, 60, 50), (200, 185, 150),
-], dtype=np.float32)
-_CAR_COLOURS = [(200, 200, 205), (30, 30, 35), (150, 20, 25), (20, 40, 110), (120, 125, 130),
-                (235, 235, 235), (60, 80, 60), (170, 150, 110), (90, 20, 40), (60, 60, 70), (200, 160, 30)]
-_CLOTHES = [(30, 30, 40), (200, 200, 200), (120, 30, 30), (40, 60, 120), (90, 80, 60), (60, 90, 60),
-            (170, 120, 60), (20, 20, 20), (150, 150, 160), (190, 60, 120), (70, 70, 75)]
-_SKIN = [(230, 190, 160), (190, 140, 100), (130, 90, 60), (90, 60, 40), (240, 205, 180)]
-_SIGN_COLOURS = [(200, 30, 30), (30, 60, 170), (235, 235, 235), (230, 190, 20), (20, 120, 60), (240, 120, 20)]
-
-
+# ============================================================================================= street
 class Street:
     """One sequence: a random street and a camera driving along it.
 
@@ -126,29 +298,28 @@ class Street:
         self.seed, self.sequence = seed, sequence
         rng = np.random.default_rng([seed, sequence, 1009])
         self.tiles = [_noise_tile(rng, smooth=s) for s in (1.0, 3.0, 6.0)]
-        # lighting: 0 sunny, 1 overcast, 2 dusk
-        self.weather = int(rng.choice(3, p=[0.45, 0.35, 0.2]))
-        self.gain = {0: rng.uniform(0.95, 1.15), 1: rng.uniform(0.8, 1.0), 2: rng.uniform(0.55, 0.75)}[self.weather]
-        self.tint = np.array({0: (1.0, 1.0, 1.0), 1: (0.97, 1.0, 1.03), 2: (1.12, 0.95, 0.82)}[self.weather],
-                             dtype=np.float32) * rng.uniform(0.94, 1.06, 3).astype(np.float32)
-        self.contrast = {0: 1.1, 1: 0.75, 2: 0.9}[self.weather] * rng.uniform(0.9, 1.1)
+        # lighting (a gain is drawn for every weather, one kept)
+        i = int(rng.choice(len(WEATHER), p=[w.share for w in WEATHER]))
+        w = self.weather = WEATHER[i]
+        self.gain = [rng.uniform(*x.gain) for x in WEATHER][i]
+        self.tint = np.array(w.tint, dtype=np.float32) * rng.uniform(0.94, 1.06, 3).astype(np.float32)
+        self.contrast = w.contrast * rng.uniform(0.9, 1.1)
         self.sun_side = float(rng.choice([-1.0, 1.0]))
-        self.sun_len = rng.uniform(0.3, 1.2) if self.weather == 0 else 0.0
-        self.sky_top = np.array({0: (70, 120, 200), 1: (150, 155, 160), 2: (90, 90, 130)}[self.weather], np.float32)
-        self.sky_bottom = np.array({0: (190, 210, 235), 1: (200, 202, 205), 2: (235, 160, 110)}[self.weather],
-                                   np.float32)
-        self.sky_top += rng.uniform(-15, 15, 3).astype(np.float32)
+        self.sun_len = rng.uniform(*w.sun) if w.sun else 0.0
+        self.sky_top = np.array(w.sky[0], np.float32) + rng.uniform(-15, 15, 3).astype(np.float32)
+        self.sky_bottom = np.array(w.sky[1], np.float32)
         self.clouds = rng.uniform(0.2, 0.9)
         self.noise_sigma = rng.uniform(2.0, 7.0)
-        # geometry: parking strips of 2 m along both kerbs, two driving lanes between them
+        # geometry, metres across from the centre line: road (to the kerb), pavement (to its back), setback
         self.road_w = rng.uniform(7.5, 11.0)
         self.walk_w = rng.uniform(2.5, 5.5)
         self.setback = rng.uniform(0.0, 4.0) * (rng.random() < 0.6)
         self.verge_is_grass = [rng.random() < 0.5, rng.random() < 0.5]  # per side (-1, +1)
-        self.facade_x = self.road_w / 2 + self.walk_w + self.setback
+        self.kerb, self.back = self.road_w / 2, self.road_w / 2 + self.walk_w
+        self.facade_x = self.back + self.setback
         self.asphalt = rng.uniform(55, 110)
-        self.paving = np.array(_FACADE_COLOURS[rng.integers(len(_FACADE_COLOURS))] * 0.3 + rng.uniform(100, 150),
-                               np.float32)
+        facade = np.array(FACADE_COLOURS[rng.integers(len(FACADE_COLOURS))], np.float32)
+        self.paving = np.array(facade * 0.3 + rng.uniform(100, 150), np.float32)
         self.centre_line = rng.random() < 0.7
         self.line_colour = np.array((235, 235, 225) if rng.random() < 0.75 else (230, 200, 60), np.float32)
         # camera: drives in its lane
@@ -161,14 +332,11 @@ class Street:
         self.phase = rng.uniform(0, 2 * np.pi, 4)
         self.hood = rng.random() < 0.35
         self.hood_h = rng.uniform(0.06, 0.12)
-        self.hood_colour = tuple(int(c * 0.5) for c in _CAR_COLOURS[rng.integers(len(_CAR_COLOURS))])
+        self.hood_colour = tuple(int(c * 0.5) for c in _draw(CAR_COLOURS, rng))
         # how dense each kind of object is along this street (mean spacing, metres)
-        greenery, busy = rng.uniform(0.3, 1.0), rng.uniform(0.4, 1.3)
-        self.spacing = {"pole": rng.uniform(14, 35), "tree": rng.uniform(6, 20) / greenery,
-                        "fence": rng.uniform(25, 60), "parked": rng.uniform(8, 20) / busy,
-                        "walker": rng.uniform(5, 15) / busy, "clutter": rng.uniform(15, 40),
-                        "traffic": rng.uniform(25, 60) / busy, "bicyclist": rng.uniform(15, 40),
-                        "crossing": rng.uniform(100, 300)}
+        density = {"greenery": rng.uniform(0.3, 1.0), "busy": rng.uniform(0.4, 1.3)}
+        self.spacing = {k.name: rng.uniform(*k.spacing) / density.get(k.density, 1.0) for k in KERBSIDE + TRAFFIC}
+        self.spacing["crossing"] = rng.uniform(100, 300)
         self._chunks: dict[tuple[str, int], dict] = {}
         self._joined: dict[tuple[str, int, int], dict] = {}
 
@@ -213,12 +381,13 @@ class Street:
                     "crossings": np.concatenate([ch["crossings"] for ch in chunks])}
         objects = [o for ch in chunks for o in ch["objects"]]
         # position, speed, extent along the street and height of every object, for vectorised culling
-        table = np.array([(o["x"], o["z"], o.get("v", 0.0), o.get("length", 0.0), _OBJECT_HEIGHT[o["kind"]](o))
-                          for o in objects], dtype=np.float64).reshape(-1, 5)
+        table = np.array([(o["x"], o["z"], o["v"], o["length"], o["h"]) for o in objects],
+                         dtype=np.float64).reshape(-1, 5)
         return {"objects": objects, "table": table}
 
     @staticmethod
     def _blocks(rng, z0: float, z1: float, gaps: bool) -> dict:
+        """One row of buildings along one side; the front row has gaps, the back row is taller."""
         starts, z = [], z0
         while z < z1:
             starts.append(z)
@@ -230,95 +399,27 @@ class Street:
             height[rng.random(n) < 0.15] = 0.0
         else:
             height += 6.0
-        return {
-            "start": starts[:-1], "end": starts[1:], "height": height,
-            "colour": _FACADE_COLOURS[rng.integers(len(_FACADE_COLOURS), size=n)]
-            * rng.uniform(0.8, 1.15, (n, 1)).astype(np.float32),
-            "win_dz": rng.uniform(2.0, 4.0, n), "win_w": rng.uniform(0.3, 0.6, n),
-            "floor": rng.uniform(2.8, 3.6, n), "win_h": rng.uniform(0.35, 0.6, n),
-            "win_dark": rng.uniform(20, 80, n), "glass": rng.random(n) < 0.12,
-            "sign": rng.random(n) < 0.6, "sign_z": rng.uniform(0.1, 0.6, n), "sign_len": rng.uniform(2.0, 8.0, n),
-            "sign_y": rng.uniform(2.6, 4.0, n), "sign_h": rng.uniform(0.6, 1.4, n),
-            "sign_colour": np.array(_SIGN_COLOURS, np.float32)[rng.integers(len(_SIGN_COLOURS), size=n)],
-        }
+        blocks = _draw_all(BLOCK, rng, {"start": starts[:-1], "end": starts[1:], "height": height}, n)
+        blocks["colour"] = blocks["colour"] * blocks.pop("brightness")[:, None].astype(np.float32)
+        return blocks
 
     def _objects(self, rng, z0: float, z1: float) -> list[dict]:
-        """Static and moving objects with world positions (x across, z along the street, metres)."""
+        """The objects of KERBSIDE and TRAFFIC between z0 and z1 (x across, z along the street, metres)."""
         objs: list[dict] = []
-        half, walk_out = self.road_w / 2, self.road_w / 2 + self.walk_w
-
-        def along(kind):
-            spacing = self.spacing[kind]
-            z = z0 + rng.uniform(0, spacing)
-            while z < z1:
-                yield z
-                z += rng.uniform(0.5, 1.5) * spacing
-
-        for side in (-1.0, 1.0):
-            for z in along("pole"):
-                sign = rng.random() < 0.55
-                objs.append(dict(kind="pole", x=side * (half + 0.35), z=z, h=rng.uniform(4.0, 8.5),
-                                 w=rng.uniform(0.1, 0.22), colour=_pick(rng, [(110, 110, 110), (60, 70, 60),
-                                                                             (35, 35, 35), (150, 150, 140)]),
-                                 arm=rng.random() < 0.4, side=side, sign=sign,
-                                 sign_shape=int(rng.integers(3)), sign_h=rng.uniform(2.0, 3.2),
-                                 sign_size=rng.uniform(0.5, 1.0), sign_colour=_pick(rng, _SIGN_COLOURS),
-                                 light=(not sign) and rng.random() < 0.3))
-            for z in along("tree"):
-                x = side * (walk_out - 0.6 + (self.setback * rng.random() if self.setback > 1 else 0))
-                objs.append(dict(kind="tree", x=x, z=z, trunk=rng.uniform(1.5, 3.0), crown=rng.uniform(1.5, 3.5),
-                                 colour=_pick(rng, [(60, 100, 40), (45, 80, 35), (90, 120, 50), (110, 100, 40),
-                                                    (70, 90, 60)]),
-                                 lobes=rng.uniform(-1, 1, (5, 3))))
-            for z in along("fence"):
-                at_kerb = rng.random() < 0.3
-                objs.append(dict(kind="fence", x=side * (half + 0.15 if at_kerb else walk_out - 0.1), z=z,
-                                 length=rng.uniform(4, 20), h=rng.uniform(0.9, 1.6), gap=rng.uniform(0.12, 1.0),
-                                 panel=rng.random() < 0.25, bar=rng.uniform(0.03, 0.08),
-                                 colour=_pick(rng, [(40, 60, 40), (30, 30, 30), (120, 120, 120), (200, 200, 195),
-                                                    (120, 85, 50)])))
-            for z in along("parked"):
-                if rng.random() < 0.4:
-                    objs.append(self._car(rng, side * (half - 1.0), z, 0.0))
-            for z in along("walker"):
-                for _ in range(1 + int(rng.random() < 0.25)):
-                    objs.append(self._pedestrian(rng, side * rng.uniform(half + 0.5, walk_out - 0.3),
-                                                 z + rng.uniform(-1, 1)))
-            for z in along("clutter"):
-                objs.append(dict(kind="clutter", x=side * rng.uniform(half + 0.5, walk_out), z=z,
-                                 w=rng.uniform(0.4, 1.2), h=rng.uniform(0.5, 1.4),
-                                 colour=_pick(rng, [(40, 50, 40), (150, 30, 30), (80, 80, 85), (170, 150, 110)])))
-        for z in along("traffic"):  # cars ahead in the camera's lane drive away; oncoming ones pass
-            if rng.random() < 0.5:
-                objs.append(self._car(rng, -self.lane_x, z, -rng.uniform(1.0, 4.0)))
-            elif z > 15.0:
-                objs.append(self._car(rng, self.lane_x, z, self.speed * rng.uniform(1.0, 1.2)))
-        for z in along("bicyclist"):
-            side = float(rng.choice([-1, 1]))
-            objs.append(dict(kind="bicyclist", x=side * (half - 2.3), z=z,
-                             v=rng.uniform(0.5, 1.5) * (1 if side == self.drive_side else -1),
-                             frame_colour=_pick(rng, _CAR_COLOURS), clothes=_pick(rng, _CLOTHES),
-                             skin=_pick(rng, _SKIN), phase=rng.uniform(0, 6.3)))
+        for side, kinds in ((-1.0, KERBSIDE), (1.0, KERBSIDE), (None, TRAFFIC)):
+            for kind in kinds:
+                for z in self._along(rng, self.spacing[kind.name], z0, z1):
+                    for spot in kind.where(self, rng, side, z):
+                        o = {"shape": kind.shape, "label": kind.label, "v": 0.0, "length": 0.0, **spot}
+                        objs.append(_draw_all(kind.attrs, rng, o))
         return objs
 
     @staticmethod
-    def _car(rng, x, z, speed) -> dict:
-        big = rng.random() < 0.07
-        suv = rng.random() < 0.3
-        return dict(kind="car", x=x, z=z, v=speed,
-                    length=rng.uniform(8, 12) if big else rng.uniform(3.8, 4.9),
-                    width=rng.uniform(2.1, 2.4) if big else rng.uniform(1.65, 1.9),
-                    h=rng.uniform(2.8, 3.4) if big else (rng.uniform(1.7, 2.0) if suv else rng.uniform(1.35, 1.6)),
-                    big=big, colour=_pick(rng, _CAR_COLOURS), shade=rng.uniform(0.8, 1.1))
-
-    @staticmethod
-    def _pedestrian(rng, x, z) -> dict:
-        child = rng.random() < 0.12
-        return dict(kind="pedestrian", x=x, z=z, h=rng.uniform(1.0, 1.3) if child else rng.uniform(1.55, 1.95),
-                    v=rng.uniform(0.2, 0.5) * rng.choice([-1, 1]) * (rng.random() < 0.7),
-                    shirt=_pick(rng, _CLOTHES), pants=_pick(rng, _CLOTHES), skin=_pick(rng, _SKIN),
-                    hair=_pick(rng, [(20, 15, 10), (80, 50, 30), (160, 130, 80), (120, 120, 120)]),
-                    bag=rng.random() < 0.3, phase=rng.uniform(0, 6.3), width=rng.uniform(0.4, 0.55))
+    def _along(rng, spacing: float, z0: float, z1: float) -> Iterator[float]:
+        z = z0 + rng.uniform(0, spacing)
+        while z < z1:
+            yield z
+            z += rng.uniform(0.5, 1.5) * spacing
 
     # ------------------------------------------------------------------ rendering
     def render(self, t: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -330,7 +431,7 @@ class Street:
             f=self.focal * W, cx=W / 2 + 0.03 * self.focal * W * np.sin(0.13 * t + self.phase[2]),
             hz=H * self.horizon + 0.01 * H * np.sin(1.1 * t + self.phase[3]),
             fog=tuple(float(c) for c in self.sky_bottom * 0.7 + self.sky_top * 0.3),
-            fog_dist={0: 250.0, 1: 140.0, 2: 180.0}[self.weather])
+            fog_dist=self.weather.fog_dist)
         rng = np.random.default_rng([self.seed, self.sequence, t, 2003])
         street = self._street(cam.z, t)
         # per-pixel layers at the output resolution (smooth surfaces gain nothing from supersampling)
@@ -351,7 +452,7 @@ class Street:
         order = np.flatnonzero(visible)
         for i in order[np.argsort(-depth[order], kind="stable")]:  # far to near
             o = street["objects"][i]
-            _DRAW[o["kind"]](canvas, o, float(z[i]), t)
+            _SHAPES[o["shape"]](canvas, o, float(z[i]), t)
         if self.hood:
             self._draw_hood(canvas, H, W)
         # box-filter down (anti-aliasing), then the camera: contrast, exposure, tint, vignetting, noise
@@ -383,7 +484,7 @@ class Street:
         sky = self.sky_bottom + (self.sky_top - self.sky_bottom) * (s[..., None] ** 0.7)
         cloud = _fbm(coarse, u * 0.05 + cam.z * 0.02, vs * 0.12 / (s + 0.15), 2)
         cloud = np.clip(cloud * 0.5 + self.clouds - 0.5, 0, 1)[..., None]
-        image[:g0] = sky * (1 - cloud) + np.float32(235 * (0.9 if self.weather else 1.0)) * cloud
+        image[:g0] = sky * (1 - cloud) + np.float32(self.weather.cloud_white) * cloud
         label[:g0] = SKY
         image[g0:], label[g0:] = self._ground(cam, street, v[g0:], dx)
         # facades: the front row, then the back row where the front row has gaps
@@ -400,7 +501,7 @@ class Street:
         zw = Z + cam.z
         ax = np.abs(X)
         fine, _, coarse = self.tiles
-        half, walk_out = self.road_w / 2, self.road_w / 2 + self.walk_w
+        half, walk_out = self.kerb, self.back
         tex = _fbm(fine, X * 6.0, zw * 6.0, 2) / (1.0 + Z / 25.0)  # fades with distance (it would alias)
         blotch = _sample(coarse, X * 0.6, zw * 0.6)
         shade = 1 + 0.12 * tex + 0.08 * blotch
@@ -490,7 +591,7 @@ class Street:
         if self.sun_len > 0:  # the facade on the sun's side is in its own shadow
             lit = np.where(side[cols] == self.sun_side, 0.6, 1.0).astype(np.float32)[:, None]
         else:
-            lit = np.float32(0.85 if self.weather else 1.0)
+            lit = np.float32(self.weather.diffuse)
         image[rows, cols] = cam.haze(colour * lit, Z)
         label[rows, cols] = cls
 
@@ -502,10 +603,6 @@ class Street:
         canvas.dl.polygon(pts, fill=VOID)
         canvas.di.line([(W * 0.3, top + H * 0.02), (W * 0.7, top + H * 0.02)],
                        fill=tuple(min(255, c + 60) for c in self.hood_colour), width=max(1, H // 80))
-
-
-def _pick(rng: np.random.Generator, options: list) -> tuple:
-    return tuple(options[int(rng.integers(len(options)))])
 
 
 @dataclass(frozen=True)
@@ -548,17 +645,21 @@ class _Canvas:
         return self.cam.f * size_m / max(depth, NEAR)
 
     def polygon(self, points, colour, cls, depth) -> None:
+        """`cls` None: on the image only (a shadow)."""
         pts = [self.cam.project(*p) for p in points]
         self.di.polygon(pts, fill=self.cam.haze_rgb(colour, depth))
         if cls is not None:
             self.dl.polygon(pts, fill=cls)
 
+    def rect(self, x0, x1, y0, y1, z, colour, cls, depth) -> None:
+        """An upright rectangle facing the camera."""
+        self.polygon([(x0, y0, z), (x1, y0, z), (x1, y1, z), (x0, y1, z)], colour, cls, depth)
+
     def line(self, points, width_m: float, colour, cls, depth) -> None:
         pts = [self.cam.project(*p) for p in points]
         w = max(1, int(round(self.cam.f * width_m / max(depth, NEAR))))
         self.di.line(pts, fill=self.cam.haze_rgb(colour, depth), width=w, joint="curve")
-        if cls is not None:
-            self.dl.line(pts, fill=cls, width=w, joint="curve")
+        self.dl.line(pts, fill=cls, width=w, joint="curve")
 
     def ellipse(self, centre, rx_m: float, ry_m: float, colour, cls, depth) -> None:
         u, v = self.cam.project(*centre)
@@ -566,57 +667,55 @@ class _Canvas:
         rx, ry = max(0.5, self.cam.f * rx_m / d), max(0.5, self.cam.f * ry_m / d)
         box = [u - rx, v - ry, u + rx, v + ry]
         self.di.ellipse(box, fill=self.cam.haze_rgb(colour, depth))
-        if cls is not None:
-            self.dl.ellipse(box, fill=cls)
+        self.dl.ellipse(box, fill=cls)
 
 
+# ============================================================================================= shapes
+# One function per shape named in KERBSIDE and TRAFFIC (see _SHAPES): draws object `o`, which stands at
+# `z` metres along the street at frame `t`.
 def _shade(colour, k: float) -> tuple:
     return tuple(c * k for c in colour)
 
 
 def _draw_pole(c: _Canvas, o: dict, z: float, t: int) -> None:
-    depth = z - c.cam.z
-    if depth < NEAR:
+    if (depth := z - c.cam.z) < NEAR:
         return
-    x, h = o["x"], o["h"]
-    c.line([(x, 0, z), (x, h, z)], o["w"], o["colour"], POLE, depth)
+    x, h, cls = o["x"], o["h"], o["label"]
+    c.line([(x, 0, z), (x, h, z)], o["w"], o["colour"], cls, depth)
     if o["arm"]:
         tip = x - o["side"] * 1.5
-        c.line([(x, h, z), (tip, h + 0.2, z)], o["w"] * 0.6, o["colour"], POLE, depth)
-        c.ellipse((tip, h + 0.05, z), 0.3, 0.1, (220, 220, 200), POLE, depth)
+        c.line([(x, h, z), (tip, h + 0.2, z)], o["w"] * 0.6, o["colour"], cls, depth)
+        c.ellipse((tip, h + 0.05, z), 0.3, 0.1, (220, 220, 200), cls, depth)
     if o["sign"]:
         s, y = o["sign_size"], o["sign_h"]
         xs = x - o["side"] * 0.05
-        if o["sign_shape"] == 0:
+        if o["sign_shape"] == "disc":
             c.ellipse((xs, y, z - 0.05), s / 2, s / 2, o["sign_colour"], SIGN, depth)
             c.ellipse((xs, y, z - 0.06), s / 3, s / 3, (235, 235, 235), SIGN, depth)
-        elif o["sign_shape"] == 1:
-            c.polygon([(xs - s / 2, y - s / 2, z), (xs + s / 2, y - s / 2, z), (xs + s / 2, y + s / 2, z),
-                       (xs - s / 2, y + s / 2, z)], o["sign_colour"], SIGN, depth)
+        elif o["sign_shape"] == "square":
+            c.rect(xs - s / 2, xs + s / 2, y - s / 2, y + s / 2, z, o["sign_colour"], SIGN, depth)
         else:
             c.polygon([(xs - s / 2, y - s / 2, z), (xs + s / 2, y - s / 2, z), (xs, y + s / 2, z)],
                       (235, 235, 235), SIGN, depth)
             c.polygon([(xs - s / 3, y - s / 3, z), (xs + s / 3, y - s / 3, z), (xs, y + s / 3, z)],
                       o["sign_colour"], SIGN, depth)
-    if o["light"]:
+    if o["light"]:  # a traffic light
         y = min(h - 0.3, 3.2)
-        c.polygon([(x - 0.18, y - 0.5, z), (x + 0.18, y - 0.5, z), (x + 0.18, y + 0.5, z),
-                   (x - 0.18, y + 0.5, z)], (25, 25, 25), SIGN, depth)
+        c.rect(x - 0.18, x + 0.18, y - 0.5, y + 0.5, z, (25, 25, 25), SIGN, depth)
         lamp = [(200, 30, 30), (230, 160, 20), (40, 200, 80)][(t // 7 + int(z)) % 3]
         c.ellipse((x, y + 0.3 - 0.3 * ((t // 7 + int(z)) % 3), z - 0.01), 0.1, 0.1, lamp, SIGN, depth)
 
 
 def _draw_tree(c: _Canvas, o: dict, z: float, t: int) -> None:
-    depth = z - c.cam.z
-    if depth < NEAR:
+    if (depth := z - c.cam.z) < NEAR:
         return
-    x, trunk, r = o["x"], o["trunk"], o["crown"]
-    c.line([(x, 0, z), (x, trunk + r * 0.5, z)], 0.25, (70, 55, 40), TREE, depth)
+    x, trunk, r, cls = o["x"], o["trunk"], o["crown"], o["label"]
+    c.line([(x, 0, z), (x, trunk + r * 0.5, z)], 0.25, (70, 55, 40), cls, depth)
     lobes = o["lobes"] if c.pixels(r, depth) > 10 else o["lobes"][:2]
     for i, (a, b, k) in enumerate(lobes):
         cx, cy = x + a * r * 0.6, trunk + r + b * r * 0.4
         colour = _shade(o["colour"], 0.75 + 0.25 * k + 0.1 * i / 5)
-        c.ellipse((cx, cy, z), r * (0.55 + 0.15 * k), r * (0.5 + 0.1 * b), colour, TREE, depth)
+        c.ellipse((cx, cy, z), r * (0.55 + 0.15 * k), r * (0.5 + 0.1 * b), colour, cls, depth)
 
 
 def _draw_fence(c: _Canvas, o: dict, z: float, t: int) -> None:
@@ -624,24 +723,24 @@ def _draw_fence(c: _Canvas, o: dict, z: float, t: int) -> None:
     z0, z1 = max(z, cam.z + NEAR), z + o["length"]
     if z1 <= z0:
         return
-    x, h, gap = o["x"], o["h"], o["gap"]
-    near, far = z0 - cam.z, z1 - cam.z
+    x, h, gap, cls = o["x"], o["h"], o["gap"], o["label"]
+    near = z0 - cam.z
     # beyond the depth where bars come closer than 3 px on screen, draw the fence as one mesh panel
     mesh_depth = math.sqrt(cam.f * max(abs(x - cam.x), 0.1) * gap / 3.0)
     z_mesh = z0 if o["panel"] else min(max(cam.z + mesh_depth, z0), z1)
     if z_mesh < z1:
-        c.polygon([(x, 0, z_mesh), (x, h, z_mesh), (x, h, z1), (x, 0, z1)], _shade(o["colour"], 0.9), FENCE,
+        c.polygon([(x, 0, z_mesh), (x, h, z_mesh), (x, h, z1), (x, 0, z1)], _shade(o["colour"], 0.9), cls,
                   (z_mesh + z1) / 2 - cam.z)
     if not o["panel"]:
         first = z + gap * math.ceil((z0 - z) / gap)
         for zz in np.arange(first, z_mesh, gap)[::-1]:
-            c.line([(x, 0, zz), (x, h, zz)], o["bar"], _shade(o["colour"], 0.8), FENCE, zz - cam.z)
+            c.line([(x, 0, zz), (x, h, zz)], o["bar"], _shade(o["colour"], 0.8), cls, zz - cam.z)
     for y in (h * 0.95, h * 0.5):
-        c.line([(x, y, z1), (x, y, z0)], o["bar"] * 1.2, o["colour"], FENCE, near)
+        c.line([(x, y, z1), (x, y, z0)], o["bar"] * 1.2, o["colour"], cls, near)
 
 
 def _draw_car(c: _Canvas, o: dict, z: float, t: int) -> None:
-    L, Wd, Hc = o["length"], o["width"], o["h"]
+    L, Wd, Hc, cls = o["length"], o["width"], o["h"], o["label"]
     x0, x1 = o["x"] - Wd / 2, o["x"] + Wd / 2
     cam = c.cam
     z0, z1 = max(z, cam.z + NEAR), z + L
@@ -657,18 +756,18 @@ def _draw_car(c: _Canvas, o: dict, z: float, t: int) -> None:
     lower = Hc if o["big"] else Hc * 0.55
     if side_x is not None:
         c.polygon([(side_x, 0.15, z0), (side_x, lower, z0), (side_x, lower, z1), (side_x, 0.15, z1)],
-                  _shade(body, 0.8), CAR, depth)
+                  _shade(body, 0.8), cls, depth)
         for wz in (z + L * 0.17, z + L * 0.83):
             if wz > cam.z + NEAR and detail:
                 c.ellipse((side_x, 0.33, wz), 0.33 * min(1.0, abs(side_x - cam.x) / 3), 0.33,
-                          (20, 20, 20), CAR, wz - cam.z)
+                          (20, 20, 20), cls, wz - cam.z)
         if o["big"] and detail:
             for wz in np.arange(z + 1.0, z1 - 1.0, 1.5):
                 if wz > cam.z + NEAR:
                     c.polygon([(side_x, Hc * 0.55, wz), (side_x, Hc * 0.85, wz), (side_x, Hc * 0.85, wz + 1.1),
-                               (side_x, Hc * 0.55, wz + 1.1)], glass, CAR, wz - cam.z)
+                               (side_x, Hc * 0.55, wz + 1.1)], glass, cls, wz - cam.z)
     if cam.h > lower:
-        c.polygon([(x0, lower, z0), (x1, lower, z0), (x1, lower, z1), (x0, lower, z1)], _shade(body, 1.1), CAR,
+        c.polygon([(x0, lower, z0), (x1, lower, z0), (x1, lower, z1), (x0, lower, z1)], _shade(body, 1.1), cls,
                   depth)
     if not o["big"]:  # cabin
         ca, cb = max(z + L * 0.25, cam.z + NEAR), z + L * 0.78
@@ -678,99 +777,88 @@ def _draw_car(c: _Canvas, o: dict, z: float, t: int) -> None:
             if side_x is not None:
                 sx = xi0 if side_x == x0 else xi1
                 c.polygon([(sx, lower, ca), (sx, Hc, ca + 0.3), (sx, Hc, cb - 0.2), (sx, lower, cb)],
-                          glass, CAR, cd)
+                          glass, cls, cd)
                 if detail:
-                    c.line([(sx, lower, (ca + cb) / 2), (sx, Hc, (ca + cb) / 2)], 0.08, body, CAR, cd)
+                    c.line([(sx, lower, (ca + cb) / 2), (sx, Hc, (ca + cb) / 2)], 0.08, body, cls, cd)
             if cam.h > Hc:
                 c.polygon([(xi0, Hc, ca + 0.3), (xi1, Hc, ca + 0.3), (xi1, Hc, cb - 0.2), (xi0, Hc, cb - 0.2)],
-                          body, CAR, cd)
+                          body, cls, cd)
             c.polygon([(xi0, lower, ca), (xi1, lower, ca), (xi1 - 0.05, Hc, ca + 0.3), (xi0 + 0.05, Hc, ca + 0.3)],
-                      glass, CAR, cd)
+                      glass, cls, cd)
     # end face (rear of a car ahead, front of an oncoming one)
     if z >= cam.z + NEAR:
-        c.polygon([(x0, 0.15, z), (x1, 0.15, z), (x1, lower, z), (x0, lower, z)], body, CAR, near)
+        c.rect(x0, x1, 0.15, lower, z, body, cls, near)
         if not detail:
             return
-        c.polygon([(x0, 0.0, z), (x0 + 0.3, 0.0, z), (x0 + 0.3, 0.3, z), (x0, 0.3, z)], (20, 20, 20), CAR, near)
-        c.polygon([(x1 - 0.3, 0.0, z), (x1, 0.0, z), (x1, 0.3, z), (x1 - 0.3, 0.3, z)], (20, 20, 20), CAR, near)
+        c.rect(x0, x0 + 0.3, 0.0, 0.3, z, (20, 20, 20), cls, near)  # tyres
+        c.rect(x1 - 0.3, x1, 0.0, 0.3, z, (20, 20, 20), cls, near)
         light = (200, 30, 30) if o["v"] >= 0 else (240, 240, 220)
         for lx in (x0 + 0.1, x1 - 0.35):
-            c.polygon([(lx, lower * 0.7, z), (lx + 0.25, lower * 0.7, z), (lx + 0.25, lower * 0.85, z),
-                       (lx, lower * 0.85, z)], light, CAR, near)
-        c.polygon([(o["x"] - 0.25, 0.3, z), (o["x"] + 0.25, 0.3, z), (o["x"] + 0.25, 0.42, z),
-                   (o["x"] - 0.25, 0.42, z)], (230, 230, 220), CAR, near)
+            c.rect(lx, lx + 0.25, lower * 0.7, lower * 0.85, z, light, cls, near)
+        c.rect(o["x"] - 0.25, o["x"] + 0.25, 0.3, 0.42, z, (230, 230, 220), cls, near)  # number plate
 
 
 def _draw_pedestrian(c: _Canvas, o: dict, z: float, t: int) -> None:
-    depth = z - c.cam.z
-    if depth < NEAR:
+    if (depth := z - c.cam.z) < NEAR:
         return
-    x = o["x"]
+    x, cls = o["x"], o["label"]
     h, w = o["h"], o["width"] * o["h"] / 1.75
     swing = 0.07 * np.sin(o["phase"] + 1.3 * t) if o["v"] else 0.0  # legs seen from the front or back
     hip, shoulder = h * 0.5, h * 0.82
     if c.pixels(h, depth) < 18:  # a few pixels tall: legs, body, head
         c.polygon([(x - w * 0.35, hip, z), (x + w * 0.35, hip, z), (x + w * 0.3 + swing, 0, z),
-                   (x - w * 0.3 - swing, 0, z)], o["pants"], PEDESTRIAN, depth)
+                   (x - w * 0.3 - swing, 0, z)], o["pants"], cls, depth)
         c.polygon([(x - w / 2, shoulder, z), (x + w / 2, shoulder, z), (x + w * 0.45, hip, z),
-                   (x - w * 0.45, hip, z)], o["shirt"], PEDESTRIAN, depth)
-        c.ellipse((x, h * 0.92, z), h * 0.065, h * 0.08, o["hair"], PEDESTRIAN, depth)
+                   (x - w * 0.45, hip, z)], o["shirt"], cls, depth)
+        c.ellipse((x, h * 0.92, z), h * 0.065, h * 0.08, o["hair"], cls, depth)
         return
     for s in (-1, 1):
         c.line([(x + s * w * 0.18, hip, z), (x + s * (w * 0.15 + swing), 0.05, z)], w * 0.28, o["pants"],
-               PEDESTRIAN, depth)
+               cls, depth)
         c.line([(x + s * w * 0.45, shoulder, z), (x + s * (w * 0.5 - swing * 0.6), hip * 0.95, z)], w * 0.18,
-               o["shirt"], PEDESTRIAN, depth)
+               o["shirt"], cls, depth)
     c.polygon([(x - w / 2, shoulder, z), (x + w / 2, shoulder, z), (x + w * 0.4, hip, z), (x - w * 0.4, hip, z)],
-              o["shirt"], PEDESTRIAN, depth)
-    c.ellipse((x, h * 0.92, z), h * 0.06, h * 0.075, o["skin"], PEDESTRIAN, depth)
-    c.ellipse((x, h * 0.955, z + 0.02), h * 0.062, h * 0.045, o["hair"], PEDESTRIAN, depth)
+              o["shirt"], cls, depth)
+    c.ellipse((x, h * 0.92, z), h * 0.06, h * 0.075, o["skin"], cls, depth)
+    c.ellipse((x, h * 0.955, z + 0.02), h * 0.062, h * 0.045, o["hair"], cls, depth)
     if o["bag"]:
-        c.polygon([(x + w * 0.5, hip, z), (x + w * 0.8, hip, z), (x + w * 0.8, hip + 0.3, z),
-                   (x + w * 0.5, hip + 0.3, z)], _shade(o["pants"], 0.7), PEDESTRIAN, depth)
+        c.rect(x + w * 0.5, x + w * 0.8, hip, hip + 0.3, z, _shade(o["pants"], 0.7), cls, depth)
 
 
 def _draw_bicyclist(c: _Canvas, o: dict, z: float, t: int) -> None:
-    depth = z - c.cam.z
-    if depth < NEAR:
+    if (depth := z - c.cam.z) < NEAR:
         return
-    x, r, frame = o["x"], 0.34, o["frame_colour"]
+    x, r, frame, cls = o["x"], 0.34, o["frame_colour"], o["label"]
     zb, zf = z, z + 1.05 * np.sign(o["v"])
-    if c.pixels(1.7, depth) < 18:  # a few pixels tall: bike, rider, head
-        c.line([(x, r, zb), (x, r, zf)], 0.25, (30, 30, 30), BICYCLIST, depth)
-        c.line([(x, 0.5, z), (x, 1.5, z + 0.5 * np.sign(o["v"]))], 0.35, o["clothes"], BICYCLIST, depth)
-        c.ellipse((x, 1.68, z + 0.55 * np.sign(o["v"])), 0.12, 0.14, o["skin"], BICYCLIST, depth)
+    if c.pixels(o["h"], depth) < 18:  # a few pixels tall: bike, rider, head
+        c.line([(x, r, zb), (x, r, zf)], 0.25, (30, 30, 30), cls, depth)
+        c.line([(x, 0.5, z), (x, 1.5, z + 0.5 * np.sign(o["v"]))], 0.35, o["clothes"], cls, depth)
+        c.ellipse((x, 1.68, z + 0.55 * np.sign(o["v"])), 0.12, 0.14, o["skin"], cls, depth)
         return
     theta = np.linspace(0, 2 * np.pi, 13)
     for zc in (zb, zf):
         ring = [(x, r + r * np.sin(a), zc + r * np.cos(a)) for a in theta]
         if min(p[2] for p in ring) > c.cam.z + NEAR:
-            c.line(ring, 0.05, (25, 25, 25), BICYCLIST, zc - c.cam.z)
+            c.line(ring, 0.05, (25, 25, 25), cls, zc - c.cam.z)
     pedal = (x, 0.3, z + 0.45 * np.sign(o["v"]))
     seat = (x, 0.95, z + 0.3 * np.sign(o["v"]))
     bar = (x, 1.0, zf - 0.1 * np.sign(o["v"]))
-    c.line([(x, r, zb), pedal, seat, bar, (x, r, zf)], 0.05, frame, BICYCLIST, depth)
+    c.line([(x, r, zb), pedal, seat, bar, (x, r, zf)], 0.05, frame, cls, depth)
     shoulder = (x, 1.5, z + 0.6 * np.sign(o["v"]))
     knee = 0.12 * np.sin(o["phase"] + 2.0 * t)
-    c.line([seat, (x + 0.12, 0.65 + knee, pedal[2]), pedal], 0.12, (40, 40, 60), BICYCLIST, depth)
-    c.line([(x, 0.98, seat[2]), shoulder], 0.32, o["clothes"], BICYCLIST, depth)
-    c.line([shoulder, bar], 0.09, o["clothes"], BICYCLIST, depth)
-    c.ellipse((x, 1.68, shoulder[2]), 0.11, 0.13, o["skin"], BICYCLIST, depth)
-    c.ellipse((x, 1.74, shoulder[2]), 0.12, 0.08, (200, 200, 40) if o["phase"] > 3 else (30, 30, 30),
-              BICYCLIST, depth)
+    c.line([seat, (x + 0.12, 0.65 + knee, pedal[2]), pedal], 0.12, (40, 40, 60), cls, depth)
+    c.line([(x, 0.98, seat[2]), shoulder], 0.32, o["clothes"], cls, depth)
+    c.line([shoulder, bar], 0.09, o["clothes"], cls, depth)
+    c.ellipse((x, 1.68, shoulder[2]), 0.11, 0.13, o["skin"], cls, depth)
+    c.ellipse((x, 1.74, shoulder[2]), 0.12, 0.08, (200, 200, 40) if o["phase"] > 3 else (30, 30, 30), cls, depth)
 
 
-def _draw_clutter(c: _Canvas, o: dict, z: float, t: int) -> None:
-    depth = z - c.cam.z
-    if depth < NEAR:
+def _draw_box(c: _Canvas, o: dict, z: float, t: int) -> None:
+    if (depth := z - c.cam.z) < NEAR:
         return
-    x, w, h = o["x"], o["w"], o["h"]
-    c.polygon([(x - w / 2, 0, z), (x + w / 2, 0, z), (x + w / 2, h, z), (x - w / 2, h, z)], o["colour"], VOID,
-              depth)
+    x, w = o["x"], o["w"]
+    c.rect(x - w / 2, x + w / 2, 0, o["h"], z, o["colour"], o["label"], depth)
 
 
-_OBJECT_HEIGHT = {"pole": lambda o: o["h"], "tree": lambda o: o["trunk"] + 2 * o["crown"], "fence": lambda o: o["h"],
-                  "car": lambda o: o["h"], "pedestrian": lambda o: o["h"], "bicyclist": lambda o: 1.7,
-                  "clutter": lambda o: o["h"]}
-_DRAW = {"pole": _draw_pole, "tree": _draw_tree, "fence": _draw_fence, "car": _draw_car,
-         "pedestrian": _draw_pedestrian, "bicyclist": _draw_bicyclist, "clutter": _draw_clutter}
+_SHAPES = {"pole": _draw_pole, "tree": _draw_tree, "fence": _draw_fence, "car": _draw_car,
+           "pedestrian": _draw_pedestrian, "bicyclist": _draw_bicyclist, "box": _draw_box}

@@ -182,10 +182,9 @@ def log_figure(metrics: dict, path: Path) -> bool:
         why = "the run recorded no MLflow run" if enabled else "tracking is disabled for this run"
         print(f"segkd bands: {why}; {path} is not logged to MLflow", file=sys.stderr)
         return False
-    from segkd.tracking import start_run_for  # mlflow is imported only there
+    from segkd.tracking import add_artifact  # mlflow is imported only there
 
-    with start_run_for(spec, run_id=run_id) as run:
-        run.log_artifact(path, "bands")
+    add_artifact(spec, run_id, path, "bands")  # the finished run stays the job's one run
     return True
 
 
