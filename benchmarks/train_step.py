@@ -162,9 +162,9 @@ def as_hf(model, name: str):
     return hf.train(model.training)
 
 
-def randomise(model, seed: int) -> None:
-    """Non-default norm affines and BN statistics, and a classifier 10x its init, so that the check
-    compares non-trivial numbers (logits of unit scale, not the near-uniform ones of a fresh model)."""
+def randomise_norms(model, seed: int) -> None:
+    """Non-default norm affines and BN statistics (any model: segkd's or transformers'), so that a
+    mix-up in them changes the outputs (tests/conftest.py uses this too)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
@@ -174,6 +174,13 @@ def randomise(model, seed: int) -> None:
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=gen))
                 module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=gen))
+
+
+def randomise(model, seed: int) -> None:
+    """`randomise_norms`, and a classifier 10x its init, so that the check compares non-trivial numbers
+    (logits of unit scale, not the near-uniform ones of a fresh model)."""
+    randomise_norms(model, seed)
+    with torch.no_grad():
         model.decode_head.linear_pred.weight.mul_(10)
 
 

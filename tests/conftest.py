@@ -1,10 +1,10 @@
 """Shared fixtures: the CamVid copy (skipped with a reason when absent) and the repository root."""
 
+import importlib.util
 import os
 from pathlib import Path
 
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,14 +26,18 @@ def repo() -> Path:
     return REPO
 
 
+def benchmark(name: str):
+    """A benchmark script of benchmarks/ as a module (they are scripts, not a package)."""
+    if name not in _BENCHMARKS:
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", REPO / "benchmarks" / f"{name}.py")
+        _BENCHMARKS[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_BENCHMARKS[name])
+    return _BENCHMARKS[name]
+
+
+_BENCHMARKS: dict = {}
+
+
 def randomise_norms(model) -> None:
     """Give norms non-default affine params and BN statistics, so that mix-ups in them change the logits."""
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
-                module.weight.copy_(1 + 0.2 * torch.randn(module.weight.shape, generator=gen))
-                module.bias.copy_(0.2 * torch.randn(module.bias.shape, generator=gen))
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=gen))
-                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=gen))
+    benchmark("train_step").randomise_norms(model, seed=1)

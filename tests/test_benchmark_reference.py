@@ -4,21 +4,16 @@ The benchmark's speed claim compares segkd's step with that reference, which is 
 the same loss: checked here at a tiny size (the benchmark prints the same check at its own sizes).
 """
 
-import importlib.util
-
 import pytest
 
-from conftest import REPO
+from conftest import benchmark
 
 pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
 def rows():
-    spec = importlib.util.spec_from_file_location("train_step_benchmark", REPO / "benchmarks" / "train_step.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench.reference_check(64, 96, batch=2)
+    return benchmark("train_step").reference_check(64, 96, batch=2)
 
 
 def test_reference_terms_are_segkds(rows):

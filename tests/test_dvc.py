@@ -111,18 +111,17 @@ def test_dvc_checkout_does_not_make_snakemake_rerun(dvc_repo):
 def test_dvc_experiment_sets_params_and_shows_the_summary(dvc_repo):
     repo, _ = dvc_repo
     run(f"{COMMIT} before-exp", repo)
-    log = run(["dvc", "exp", "run", "-S", "methods.kd.kd.weight=0.03", "-S", "methods.freq.freq.high=[kd]"], repo)
+    # the grid narrowed to variants that exist: no training (a changed weight trains: the test above),
+    # the report of the kept variants
+    log = run(["dvc", "exp", "run", "-S", "methods.freq.freq.high=[kd]"], repo)
     out = log.stdout + log.stderr
-    jobs = trained(out)
-    assert sorted(wc["method"] for _, wc in jobs) == ["kd", "kd"] and {r for r, _ in jobs} == {"student"}, jobs
-    assert ("aggregate", {}) in executed_jobs(out)
+    assert trained(out) == [] and ("aggregate", {}) in executed_jobs(out), out[-3000:]
     summary = json.loads((repo / "results" / "summary.json").read_text())
     assert set(summary["segformer_b2"]) == {"kd", "freq-high=kd-ratio=0.1", "freq-high=kd-ratio=0.2"}
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
-    exps = [e for e in experiments(shown) if e["params"]["params.yaml"]["data"]["methods"]["kd"]["kd"]["weight"] == 0.03]
+    exps = [e for e in experiments(shown) if e["params"]["params.yaml"]["data"]["methods"]["freq"]["freq"]["high"] == ["kd"]]
     assert len(exps) == 1, shown
-    assert exps[0]["params"]["params.yaml"]["data"]["methods"]["freq"]["freq"]["high"] == ["kd"]
     metrics = exps[0]["metrics"]["results/summary.json"]["data"]  # dvc leaves out null values
     assert {m: v["mIoU_mean"] for m, v in metrics["segformer_b2"].items()} == {
         m: v["mIoU_mean"] for m, v in summary["segformer_b2"].items()}

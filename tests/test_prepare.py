@@ -42,7 +42,7 @@ def test_synthetic_prepare_matches_the_generator(tmp_path):
     assert {k: item[k] for k in ("index", "id", "split", "sequence", "frame", "shape")} == {
         "index": 7, "id": "synth01_0001", "split": "train", "sequence": "synth01", "frame": 1, "shape": [48, 64]}
     assert item["sha256"]["label"] == hashlib.sha256(data.labels[7].tobytes()).hexdigest()
-    image, label = synthetic.render_frame(0, 1, 1, 48, 64)
+    image, label = synthetic.Street(0, 1).render(1, 48, 64)
     assert np.array_equal(data.images[7], image) and np.array_equal(data.labels[7], label)
     assert leftovers(out.parent) == []
 
@@ -50,7 +50,7 @@ def test_synthetic_prepare_matches_the_generator(tmp_path):
 def test_synthetic_parallel_rendering_gives_the_same_pixels(tmp_path):
     cfg = {**SYN, "height": 96, "width": 128, "synthetic": {"sequences": 2, "frames": 3, "seed": 4}}
     data = load_prepared(prepare(cfg, tmp_path / "p"))  # large enough to render in worker processes
-    image, label = synthetic.render_frame(4, 1, 2, 96, 128)
+    image, label = synthetic.Street(4, 1).render(2, 96, 128)
     assert np.array_equal(data.images[5], image) and np.array_equal(data.labels[5], label)
 
 

@@ -6,8 +6,9 @@ import ast
 import subprocess
 
 import pytest
+import yaml
 
-from workflow_helpers import copy_repo, planned, run
+from workflow_helpers import copy_repo, planned, run, trained
 
 pytestmark = pytest.mark.slow
 STUDY = """\
@@ -119,3 +120,39 @@ def test_a_data_change_reruns_the_data_jobs_and_what_reads_them(clone):
             run("git checkout -q -- src", clone)
         proc = run(["snakemake", "split", "--cores", "2", "--configfile", "tiny.yaml"], clone)
         assert "rule prepare" in proc.stderr and dry_run(clone) == NOTHING, proc.stderr[-3000:]
+
+
+def test_cohorts_reuse_finished_students_and_retrain_only_a_changed_method(clone, tmp_path):
+    """train.share_teacher switched on for the finished study, with a method added: each fold's cohort
+    job trains the new method and only evaluates kd again (its checkpoint is not rewritten); a changed
+    weight of one method plans the cohorts again (inside, only that method retrains: test_cohort.py);
+    switched off, the student jobs are planned, each of which evaluates its finished checkpoint again.
+    No teacher nor baseline re-runs. Last in this module: it leaves the study in another state."""
+    params = yaml.safe_load(STUDY)
+    params["train"]["share_teacher"] = True
+    params["methods"]["at"] = {"at": {"weight": 1000.0}}
+    study = tmp_path / "cohort.yaml"
+
+    def checkpoints(method):
+        return [(clone / f"runs/students/segformer_b2/{method}/seed0/fold{f}/checkpoint.pt").read_bytes() for f in (0, 1)]
+
+    def snakemake(*args):
+        study.write_text(yaml.safe_dump(params))
+        return run(["snakemake", "students", *args, "--configfile", str(study)], clone)
+
+    kd = checkpoints("kd")
+    assert planned(snakemake("-n").stdout) == {"cohort": 2, "students": 1}
+    log = snakemake("--cores", "2").stderr
+    assert [rule for rule, _ in trained(log)] == ["cohort", "cohort"]
+    assert checkpoints("kd") == kd
+    cohort_log = (clone / "logs/cohorts/segformer_b2/seed0/fold0.log").read_text()
+    assert "[student:segformer_b0/kd/seed0/fold0] resuming from iteration 2" in cohort_log
+    assert "[student:segformer_b0/at/seed0/fold0] it 2/2" in cohort_log
+    assert "[student:segformer_b0/kd/seed0/fold0] it" not in cohort_log
+    assert planned(snakemake("-n").stdout) == NOTHING
+
+    params["methods"]["at"]["at"]["weight"] = 10.0
+    assert planned(snakemake("-n").stdout) == {"cohort": 2, "students": 1}
+    params["methods"]["at"]["at"]["weight"] = 1000.0
+    params["train"]["share_teacher"] = False
+    assert planned(snakemake("-n").stdout) == {"student": 4, "students": 1}

@@ -341,6 +341,24 @@ def test_speed_of_runs_in_progress_and_unknown_kinds(study, tmp_path):
     assert "2 runs ?" in text and "plus 2 runs of unknown speed" in text and "with 3 parallel jobs" in text
 
 
+def test_a_cohort_is_one_job_in_the_estimate_and_its_students_share_its_log(tmp_path):
+    """train.share_teacher: the students of a (teacher, seed, fold) train in one job at its pace, so the
+    job's time counts once, and `segkd status` reads their cohort's log for errors."""
+    study = make_study(smoke_params(share_teacher=True))
+    (tmp_path / "logs").mkdir()
+    write_progress(tmp_path, study, "none/baseline/seed0/fold0", 4, images_per_s=4.0)
+    status = study_status(study, tmp_path / "runs", tmp_path / "logs", jobs=1)
+    # the baseline's 4 + 3 x 8 steps, then kd and freq of 2 seeds x 2 folds: 4 cohort jobs of 8 steps
+    assert status.eta.compute_s == pytest.approx((4 + 3 * 8 + 4 * 8) * 2 / 4.0)
+    assert status.eta.unknown_runs == 2  # the teachers
+    kd, freq = find(study, KD00), find(study, "segformer_b2/freq/seed0/fold0")
+    assert kd.log == freq.log == layout.LOGS / "cohorts" / "segformer_b2" / "seed0" / "fold0.log"
+    log_path(tmp_path, study, KD00).write_text("Traceback (most recent call last):\nRuntimeError: out of memory\n")
+    got = states(study, tmp_path)
+    assert got[KD00].state == got["segformer_b2/freq/seed0/fold0"].state == "failed"
+    assert got[KD00].error == "RuntimeError: out of memory"
+
+
 def test_log_errors_are_found_where_the_log_ends_with_them():
     traceback = ["Traceback (most recent call last):", '  File "a.py", line 3, in <module>', "    main()",
                  "ValueError: first", "", "The above exception was the direct cause of the following exception:",

@@ -208,13 +208,13 @@ def _mlflow_runs(uri):
     return client, client.search_runs([experiment.experiment_id], "tags.role = 'student'", max_results=50)
 
 
-@pytest.mark.parametrize("kill_at, checkpoint_every", [(25, 10), (3, 1000)],
+@pytest.mark.parametrize("kill_at, checkpoint_every", [(12, 5), (3, 1000)],
                          ids=["between-checkpoints", "before-first-checkpoint"])
 def test_killed_and_resumed_run_is_one_complete_mlflow_run(study, data, tmp_path, kill_at, checkpoint_every):
     """A kill loses the metrics buffered in the process; the resumed job logs every step exactly once,
     into the same MLflow run, which ends FINISHED (also when it was killed before its first checkpoint)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = make_spec(study, data, iterations=40, checkpoint_every=checkpoint_every, log_every=1,
+    spec = make_spec(study, data, iterations=20, checkpoint_every=checkpoint_every, log_every=1,
                      tracking_uri=uri, tracking={"enabled": True})
     run = tmp_path / "run"
     cmd, proc = _start(spec, run, tmp_path)
@@ -231,7 +231,7 @@ def test_killed_and_resumed_run_is_one_complete_mlflow_run(study, data, tmp_path
     assert len(runs) == 1, [r.info.run_name for r in runs]
     assert runs[0].info.status == "FINISHED"
     for key in ("loss", "lr", "task", "images_per_s"):
-        assert [m.step for m in client.get_metric_history(runs[0].info.run_id, key)] == list(range(1, 41)), key
+        assert [m.step for m in client.get_metric_history(runs[0].info.run_id, key)] == list(range(1, 21)), key
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["mlflow_run_id"] == runs[0].info.run_id
     assert [m.value for m in client.get_metric_history(runs[0].info.run_id, "loss")] == \

@@ -11,7 +11,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COMMIT = "git add -A && git -c user.email=t@t -c user.name=t commit -qm"
-TRAINING = ("teacher", "baseline", "student")
+TRAINING = ("teacher", "baseline", "student", "cohort")
 
 
 def run(cmd, cwd, check=True, venv_on_path=True):
@@ -57,6 +57,6 @@ def planned(dry_run: str) -> dict[str, int]:
 
 def trained(log: str) -> list[tuple[str, dict]]:
     """The data and training jobs among those Snakemake ran."""
-    return [(rule, wc) for rule, wc in executed_jobs(log) if rule in ("prepare", "split", "teacher", "baseline", "student")]
+    return [(rule, wc) for rule, wc in executed_jobs(log) if rule in ("prepare", "split", *TRAINING)]
 
 

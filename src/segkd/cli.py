@@ -1,4 +1,5 @@
-"""`segkd` command line: one subcommand per workflow step (prepare, split, train, evaluate, aggregate, bands).
+"""`segkd` command line: one subcommand per workflow step (prepare, split, train, cohort, evaluate, aggregate,
+bands, status).
 
 Each subcommand imports its implementation lazily, so `segkd --help` stays fast and a step pays
 only for what it uses. Errors in user input (bad params, missing files) print one clear line and
@@ -15,8 +16,9 @@ from pathlib import Path
 DEFAULT_PARAMS = "params.yaml"
 
 
-def _json_option(text: str, option: str, *, from_file: bool = False) -> dict:
-    """The JSON object an option holds (or, with from_file, the file an ``@path`` value names).
+def _json_option(text: str, option: str, *, from_file: bool = False, kind: type = dict):
+    """The JSON object (or, with `kind=list`, list) an option holds (or, with from_file, the file an
+    ``@path`` value names).
 
     Bad JSON is the user's typo, so it is one line naming the option and the place, not a traceback.
     """
@@ -36,8 +38,8 @@ def _json_option(text: str, option: str, *, from_file: bool = False) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"{where}: not valid JSON ({err.msg}: line {err.lineno} column {err.colno})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    if not isinstance(value, kind):
+        raise UserError(f"{where}: expected a JSON {'object' if kind is dict else 'list'}, got {type(value).__name__}")
     return value
 
 
@@ -91,21 +93,20 @@ def _spec_from_args(args) -> dict:
     return validate_spec(spec)
 
 
-def cmd_train(args) -> None:
+def _run_dir(spec: dict) -> Path:
     from segkd import layout
-    from segkd.engine.train import train
 
-    spec = _spec_from_args(args)
-    if args.out:
-        out = Path(args.out)
-    elif spec["role"] == "teacher":
-        out = layout.teacher_dir(spec["model"], spec["fold"])
-    else:
-        out = layout.student_dir(spec["teacher"], spec["method"], spec["seed"], spec["fold"])
-    if args.threads:
+    if spec["role"] == "teacher":
+        return layout.teacher_dir(spec["model"], spec["fold"])
+    return layout.student_dir(spec["teacher"], spec["method"], spec["seed"], spec["fold"])
+
+
+def _training_process(spec: dict, threads: int | None) -> None:
+    """Set up this process for training: torch threads and, on CPU, the allocator."""
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     from segkd.engine.evaluate import resolve_device
 
     if resolve_device(spec["train"]["device"]).type == "cpu":
@@ -114,7 +115,39 @@ def cmd_train(args) -> None:
         from segkd.engine.allocator import retain_freed_memory
 
         retain_freed_memory()
-    train(spec, out)
+
+
+def cmd_train(args) -> None:
+    from segkd.engine.train import train
+
+    spec = _spec_from_args(args)
+    _training_process(spec, args.threads)
+    train(spec, Path(args.out) if args.out else _run_dir(spec), replace_stale=args.replace_stale)
+
+
+def _cohort_specs(args) -> list[dict]:
+    """The run specs of --specs (a JSON list, or @file), or the cohort the study in --params gives."""
+    from segkd.config import validate_spec
+
+    if args.specs:
+        specs = _json_option(args.specs, "--specs", from_file=True, kind=list)
+        return [validate_spec(spec, source=f"--specs[{i}]") for i, spec in enumerate(specs)]
+    study = _study(args)
+    methods = args.methods.split(",") if args.methods else list(study.methods)
+    return [validate_spec(study.run_spec("student", teacher=args.teacher, method=m, seed=args.seed, fold=args.fold))
+            for m in methods]
+
+
+def cmd_cohort(args) -> None:
+    from segkd.engine.train import train_cohort
+    from segkd.errors import UserError
+
+    specs = _cohort_specs(args)
+    outs = [Path(o) for o in args.out] if args.out else [_run_dir(spec) for spec in specs]
+    if len(outs) != len(specs):
+        raise UserError(f"--out: {len(outs)} run directories for {len(specs)} runs")
+    _training_process(specs[0], args.threads)
+    train_cohort(specs, outs, replace_stale=True)
 
 
 def cmd_evaluate(args) -> None:
@@ -202,6 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fold", type=int, default=0)
     sp.add_argument("--spec", help="run spec as JSON, or @path to a JSON file (overrides the options above)")
     sp.add_argument("--out", help="run directory (default: the study layout under runs/)")
+    sp.add_argument("--replace-stale", action="store_true",
+                    help="retrain a run directory whose checkpoint has another spec (default: refuse)")
+    sp.add_argument("--threads", type=int, help="torch CPU threads (results are bit-reproducible per thread count)")
+
+    sp = add("cohort", cmd_cohort, "train the students of several methods of one teacher, seed and fold together",
+             "Train a cohort: the students of the given methods (default: every method of the study) of one "
+             "teacher, seed and fold, in one process that draws each batch once and runs the teacher once "
+             "per batch (train.share_teacher in the workflow). Each student gets its own run directory, "
+             "checkpoint, metrics.json and MLflow run, with exactly the numbers it has when trained alone. "
+             "A killed cohort resumes each student from its checkpoint; a student whose finished "
+             "checkpoint has the same spec, code and data is evaluated again, not retrained; one of "
+             "another spec is retrained.")
+    sp.add_argument("--teacher", help="the cohort's teacher")
+    sp.add_argument("--methods", help="comma-separated methods of the study (default: all)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--fold", type=int, default=0)
+    sp.add_argument("--specs", help="the run specs as a JSON list, or @path to a JSON file (overrides the options above)")
+    sp.add_argument("--out", action="append", help="run directory of each run, in order (repeat; default: the "
+                                                   "study layout under runs/)")
     sp.add_argument("--threads", type=int, help="torch CPU threads (results are bit-reproducible per thread count)")
 
     sp = add("evaluate", cmd_evaluate, "evaluate a checkpoint on a fold",

@@ -25,6 +25,10 @@ from segkd.sweep import Variant, expand
 
 STUDENT_ROLE, TEACHER_ROLE = "student", "teacher"
 BASELINE = "baseline"
+# train.share_teacher: cohort training (engine/train.py). Not part of any run spec: a student trained in
+# a cohort is bitwise the run trained alone (tests/test_cohort.py), so the key decides how jobs are
+# grouped, never what a run computes.
+SHARE_TEACHER = "share_teacher"
 
 
 class ConfigError(UserError):
@@ -93,6 +97,7 @@ def _spec_schema() -> dict:
     p = study["properties"]
     train = copy.deepcopy(p["train"])  # a spec's iterations are the role's own, at the top level
     iterations = train["properties"].pop("iterations")["properties"]["student"]
+    train["properties"].pop(SHARE_TEACHER)  # how jobs are grouped, not what a run computes
     train["required"] = [k for k in train["required"] if k != "iterations"]
     dataset = p["dataset"]
     model = p["models"]["properties"]["teachers"]["items"]  # a SegFormer name, student or teacher
@@ -206,7 +211,7 @@ class Study:
         from segkd import layout
 
         ds = self.dataset
-        train = {k: v for k, v in self.params["train"].items() if k != "iterations"}
+        train = {k: v for k, v in self.params["train"].items() if k not in ("iterations", SHARE_TEACHER)}
         if role == TEACHER_ROLE:
             if teacher not in self.teachers:
                 raise ConfigError(f"models.teachers: {teacher!r} is not a teacher of this study")
@@ -224,7 +229,7 @@ class Study:
                 if teacher not in self.teachers:
                     raise ConfigError(f"models.teachers: {teacher!r} is not a teacher of this study")
                 terms = self.methods[method]
-                teacher_ckpt = str(layout.teacher_dir(teacher, fold) / "checkpoint.pt")
+                teacher_ckpt = str(layout.teacher_dir(teacher, fold) / layout.CHECKPOINT)
             if seed is None:
                 raise ConfigError("seed: a student run needs a seed")
         else:

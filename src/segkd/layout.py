@@ -40,3 +40,8 @@ def student_dir(teacher: str | None, method: str, seed: int, fold: int) -> Path:
 def log_file(run_dir: str | Path) -> Path:
     """A training job's log: logs/<run directory below runs/>.log (logs/teachers/segformer_b2/fold0.log)."""
     return LOGS / Path(run_dir).relative_to(RUNS).with_suffix(".log")
+
+
+def cohort_log(teacher: str, seed: int | str, fold: int | str) -> Path:
+    """The log of a cohort job (train.share_teacher), shared by its students: logs/cohorts/<teacher>/seed<s>/fold<f>.log."""
+    return LOGS / "cohorts" / teacher / f"seed{seed}" / f"fold{fold}.log"

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 from segkd import layout
-from segkd.config import BASELINE, STUDENT_ROLE, TEACHER_ROLE, Study
+from segkd.config import BASELINE, SHARE_TEACHER, STUDENT_ROLE, TEACHER_ROLE, Study
 
 NO_TEACHER = "none"  # the baseline's teacher, as in its run directory
 
@@ -27,6 +27,7 @@ class Run:
     model: str
     seed: int
     fold: int
+    in_cohort: bool = False  # trained by its (teacher, seed, fold)'s cohort job (train.share_teacher)
 
     @cached_property
     def dir(self) -> Path:
@@ -37,6 +38,9 @@ class Run:
 
     @property
     def log(self) -> Path:
+        """The log of the job that trains it (a cohort's students share their cohort's)."""
+        if self.in_cohort:
+            return layout.cohort_log(self.teacher, self.seed, self.fold)
         return layout.log_file(self.dir)
 
     @property
@@ -73,6 +77,7 @@ def expected_runs(study: Study) -> list[Run]:
     """Every run of the study, in study order; each variant of a method grid is a method of its own."""
     runs = [Run(TEACHER_ROLE, t, "", t, study.params["teacher_seed"], f) for t in study.teachers for f in study.folds]
     runs += [Run(STUDENT_ROLE, NO_TEACHER, BASELINE, study.student, s, f) for s in study.seeds for f in study.folds]
-    runs += [Run(STUDENT_ROLE, t, m, study.student, s, f)
+    cohorts = study.params["train"][SHARE_TEACHER]
+    runs += [Run(STUDENT_ROLE, t, m, study.student, s, f, in_cohort=cohorts)
              for t in study.teachers for m in study.methods for s in study.seeds for f in study.folds]
     return runs

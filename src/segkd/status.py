@@ -124,7 +124,7 @@ class GroupCount:
 
 @dataclass(frozen=True)
 class Eta:
-    compute_s: float  # sum of every not-done run's remaining time (known speeds only)
+    compute_s: float  # sum of every not-done job's remaining time (known speeds only; a cohort is one job)
     jobs: int
     unknown_runs: int
 
@@ -461,14 +461,20 @@ def study_status(study: Study, runs_root: Path = layout.RUNS, logs_root: Path = 
         raise ValueError("jobs must be at least 1")
     states = run_states(study, runs_root, logs_root, now)
     by_kind = speeds(states, study.teachers)
-    groups, total_s, unknown = [], 0.0, 0
+    groups, jobs_left = [], {}
     for g, members in _groups(states).items():
         left = [remaining_s(s, by_kind[g]) for s in members]
         known = sum(x for x in left if x is not None)
         n_unknown = sum(x is None for x in left)
         groups.append(GroupCount(g, members[0].run.kind, {st: sum(s.state == st for s in members) for st in STATES},
                                  by_kind[g], known, n_unknown))
-        total_s, unknown = total_s + known, unknown + n_unknown
+        for s, x in zip(members, left):
+            # the students of a cohort train in one job, at its pace: the job's time is theirs, once
+            job = (s.run.teacher, s.run.seed, s.run.fold) if s.run.in_cohort else s.run
+            before = jobs_left.get(job, 0.0)
+            jobs_left[job] = None if x is None or before is None else max(x, before)
+    total_s = sum(x for x in jobs_left.values() if x is not None)
+    unknown = sum(x is None for x in jobs_left.values())
     return StudyStatus(study.name, states, groups, Eta(total_s, jobs, unknown), list(problems))
 
 

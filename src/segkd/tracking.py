@@ -385,6 +385,17 @@ def add_artifact(spec: Mapping[str, Any], run_id: str, path: str | os.PathLike, 
     RunLogger(_client(uri), run_id).log_artifact(path, artifact_path)
 
 
+def is_finished(spec: Mapping[str, Any], run_id: str, *, uri: str | None = None) -> bool:
+    """Whether `run_id` is a FINISHED run of the spec's study (False if it is not in the store)."""
+    uri = resolve_uri(uri or spec.get("tracking_uri"))
+    experiment = init_store(uri, spec["study"])
+    try:
+        run = _client(uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return run.info.experiment_id == experiment and run.info.status == RunStatus.to_string(RunStatus.FINISHED)
+
+
 # ---------------------------------------------------------------------------------------- study
 def log_study_artifacts(study_name: str, paths: Iterable[str | os.PathLike], *, uri: str | None = None,
                         artifact_path: str | None = None) -> str:

@@ -70,11 +70,6 @@ def generate(sequences: int, frames: int, seed: int, height: int, width: int) ->
             yield SyntheticFrame(image, label, sequence_name(s), t)
 
 
-def render_frame(seed: int, sequence: int, frame: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """One frame, independently of the others."""
-    return Street(seed, sequence).render(frame, height, width)
-
-
 # ============================================================================================ the data
 FACADE_COLOURS = [(150, 70, 55), (170, 95, 70), (190, 170, 140), (205, 195, 175), (120, 115, 110),
                   (160, 160, 155), (95, 90, 88), (215, 210, 200), (140, 110, 80), (175, 140, 110),

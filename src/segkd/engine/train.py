@@ -1,19 +1,29 @@
-"""Train one run (a teacher, the no-KD baseline, or a distilled student) on one fold, then evaluate it.
+"""Train one run (a teacher, the no-KD baseline, or a distilled student) on one fold, then evaluate it;
+or train a cohort: the students of several methods that share a teacher, seed and fold, together.
 
-The loop fits on a screen: sample a batch, augment it on the device, forward the student (and the
-frozen teacher under inference mode), sum the task loss and the weighted distillation terms, step
-AdamW and the poly schedule. Everything that decides the numbers (data order, augmentation, dropout,
-drop path) is drawn from seeded generators whose states are checkpointed, so a run killed at any
-point and resumed ends with exactly the metrics of an uninterrupted run (on CPU; on CUDA some
-kernels, e.g. atomics in upsampling backward, are not bitwise deterministic).
+The loop fits on a screen: sample a batch, augment it on the device, forward the frozen teacher under
+inference mode, then for each student: forward, sum the task loss and the weighted distillation
+terms, step AdamW and the poly schedule. Everything that decides the numbers (data order,
+augmentation, dropout, drop path) is drawn from seeded generators whose states are checkpointed, so a
+run killed at any point and resumed ends with exactly the metrics of an uninterrupted run (on CPU; on
+CUDA some kernels, e.g. atomics in upsampling backward, are not bitwise deterministic).
+
+Why a cohort is free to take: the batch stream (order and augmentation) is drawn from generators
+seeded by seed and fold alone, so every method of a (teacher, seed, fold) sees the same batches, on
+which its teacher computes the same forward. A cohort draws each batch once and runs the teacher once,
+for the union of the taps its students read; each student keeps its own global generators (dropout,
+drop path), swapped in around its step, and its own run directory, checkpoint, metrics.json and
+MLflow run. A run alone is a cohort of one, through the same loop.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,12 +69,13 @@ def load_teacher(spec: dict, device: torch.device, data_identity: dict | None = 
 
 
 class Progress:
-    """A tqdm bar on a terminal; plain periodic lines in logs (CI, cluster jobs)."""
+    """A tqdm bar on a terminal (a line per run of a cohort); plain periodic lines in logs (CI, cluster jobs)."""
 
-    def __init__(self, total: int, start: int, name: str, every: int):
+    def __init__(self, total: int, start: int, name: str, every: int, position: int = 0):
         self.tty = sys.stderr.isatty()
         self.every, self.total, self.name = every, total, name
-        self.bar = tqdm(total=total, initial=start, desc=name, dynamic_ncols=True) if self.tty else None
+        self.bar = (tqdm(total=total, initial=start, desc=name, dynamic_ncols=True, position=position)
+                    if self.tty else None)
 
     def update(self, iteration: int, values: dict) -> None:
         text = {k: f"{v:.4g}" for k, v in values.items()}
@@ -80,22 +91,29 @@ class Progress:
             self.bar.close()
 
 
-def step_losses(model, x: torch.Tensor, y: torch.Tensor, precision: str, teacher=None, distill=None) -> dict:
-    """The loss terms of one training step (task cross-entropy, then each distillation term).
+def teacher_forward(teacher, x: torch.Tensor, taps: set[str], precision: str):
+    """The frozen teacher's `taps` for a batch (only those are computed), under inference mode: no
+    autograd graph, no saved activations."""
+    with autocast(x.device, precision), torch.inference_mode():
+        return teacher(x, taps=taps)
 
-    One autocast block for student, teacher and terms, so adapters see the student's dtypes. The frozen
-    teacher runs under inference mode (no autograd graph, no saved activations) and computes only the
-    taps the terms read.
-    """
+
+def student_losses(model, x: torch.Tensor, y: torch.Tensor, precision: str, t_out=None, distill=None) -> dict:
+    """The loss terms of one student step: task cross-entropy, then each distillation term against the
+    teacher's taps `t_out`. One autocast block for student and terms, so adapters see the student's dtypes."""
     with autocast(x.device, precision):
         s_out = model(x)
         logits = F.interpolate(s_out.logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
         terms = {"task": F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)}
-        if teacher is not None:
-            with torch.inference_mode():
-                t_out = teacher(x, taps=distill.taps)
+        if distill is not None:
             terms.update(distill(s_out, t_out, y))
     return terms
+
+
+def step_losses(model, x: torch.Tensor, y: torch.Tensor, precision: str, teacher=None, distill=None) -> dict:
+    """The loss terms of one step of a run alone: the teacher's taps its terms read, then the student's losses."""
+    t_out = teacher_forward(teacher, x, distill.taps, precision) if teacher is not None else None
+    return student_losses(model, x, y, precision, t_out, distill)
 
 
 @dataclass
@@ -107,7 +125,7 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: object
     scaler: torch.amp.GradScaler
-    sampler: BatchSampler
+    sampler: BatchSampler  # the batch stream: shared by the runs of a cohort
     data_rng: torch.Generator
 
     def state_dict(self) -> dict:
@@ -117,40 +135,82 @@ class TrainingState:
                 "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(),
                 "data_rng": self.data_rng.get_state(), "rng": ckpt_io.capture_rng()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, stream: bool = True) -> None:
+        """`stream=False` leaves the batch stream alone: a cohort loads it once, from its run furthest behind."""
         self.model.load_state_dict(state["model"])
         if self.distill is not None:
             self.distill.load_state_dict(state["distill"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.data_rng.set_state(state["data_rng"])
+        if stream:
+            self.load_stream(state)
         ckpt_io.restore_rng(state["rng"])
 
+    def load_stream(self, state: dict) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+        self.data_rng.set_state(state["data_rng"])
 
-def build_state(spec: dict, data: FoldData, device: torch.device, precision: str):
-    """(state, frozen teacher or None): the student, its teacher and distillation terms, optimiser,
-    schedule and seeded data order of a run, created in this order (each draws initial weights from
-    the seeded global generator)."""
-    cfg = spec["train"]
-    model = create_model(spec["model"], num_classes=NUM_CLASSES, drop_path_rate=cfg["drop_path"],
-                         pretrained=spec.get("pretrained"))
-    model.to(device).to(memory_format=torch.channels_last).train()
-    teacher, distill = None, None
-    if spec["terms"]:
-        teacher = load_teacher(spec, device, data.identity)
-        distill = build_distillation(spec["terms"], model.feature_dims, teacher.feature_dims,
-                                     where=f"methods.{spec['method']}").to(device)
-    optimizer = create_optimizer(model, distill, cfg)
-    state = TrainingState(
-        model=model, distill=distill, optimizer=optimizer,
-        scheduler=create_scheduler(optimizer, spec["iterations"], cfg),
-        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
-        sampler=BatchSampler(len(data.train_images), cfg["batch_size"], seed=spec["seed"]),
-        data_rng=torch.Generator(device=device).manual_seed(spec["seed"] + 10_000 * spec["fold"]),
-    )
-    return state, teacher
+    def stream_at(self, state: dict) -> bool:
+        """Whether the batch stream stands where checkpoint `state` saved it."""
+        mine, saved = self.sampler.state_dict(), state["sampler"]
+        return (mine["position"] == saved["position"] and torch.equal(mine["order"], saved["order"])
+                and torch.equal(mine["generator"], saved["generator"])
+                and torch.equal(self.data_rng.get_state(), state["data_rng"]))
+
+
+def check_cohort(specs: list[dict]) -> None:
+    """A cohort's runs differ in method and terms alone (same teacher, seed, fold, data and schedule):
+    only then do they see the same batches and the same teacher forward."""
+    if not specs:
+        raise UserError("a cohort needs at least one run spec")
+    same = [{k: v for k, v in spec.items() if k not in ("method", "terms")} for spec in specs]
+    for spec, other in zip(specs[1:], same[1:]):
+        keys = sorted(k for k in same[0].keys() | other.keys() if same[0].get(k) != other.get(k))
+        if keys:
+            raise UserError(f"a cohort's runs may differ only in method and terms: {spec['method']} differs "
+                            f"from {specs[0]['method']} in {', '.join(keys)}")
+    methods = [spec["method"] for spec in specs]
+    if len(set(methods)) < len(methods):
+        raise UserError(f"a cohort names a method twice: {', '.join(methods)}")
+
+
+def build_states(specs: list[dict], data: FoldData, device: torch.device, precision: str):
+    """(states, each run's global generator state, frozen teacher or None) of a cohort's runs, each
+    built exactly as it would be alone.
+
+    Alone, a run seeds the global generator, then creates (each drawing initial weights from it) the
+    student, its teacher (whose random weights its checkpoint then replaces) and its terms' adapters.
+    The runs of a cohort share seed, fold and student, so each reaches its teacher with the generator
+    in the same state: the teacher is loaded once, and every later run goes on from the state that
+    loading left, as it would have alone. The batch stream (sampler, data generator) is one, shared.
+    """
+    spec0, cfg = specs[0], specs[0]["train"]
+    sampler = BatchSampler(len(data.train_images), cfg["batch_size"], seed=spec0["seed"])
+    data_rng = torch.Generator(device=device).manual_seed(spec0["seed"] + 10_000 * spec0["fold"])
+    teacher, after_teacher, states, rngs = None, None, [], []
+    for spec in specs:
+        ckpt_io.seed_everything(spec["seed"] * 1000 + spec["fold"])
+        model = create_model(spec["model"], num_classes=NUM_CLASSES, drop_path_rate=cfg["drop_path"],
+                             pretrained=spec.get("pretrained"))
+        model.to(device).to(memory_format=torch.channels_last).train()
+        distill = None
+        if spec["terms"]:
+            if teacher is None:
+                teacher = load_teacher(spec, device, data.identity)
+                after_teacher = ckpt_io.capture_rng()
+            else:
+                ckpt_io.restore_rng(after_teacher)
+            distill = build_distillation(spec["terms"], model.feature_dims, teacher.feature_dims,
+                                         where=f"methods.{spec['method']}").to(device)
+        optimizer = create_optimizer(model, distill, cfg)
+        states.append(TrainingState(
+            model=model, distill=distill, optimizer=optimizer,
+            scheduler=create_scheduler(optimizer, spec["iterations"], cfg),
+            scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+            sampler=sampler, data_rng=data_rng))
+        rngs.append(ckpt_io.capture_rng())
+    return states, rngs, teacher
 
 
 def code_fingerprint(spec: dict) -> str:
@@ -161,35 +221,84 @@ def code_fingerprint(spec: dict) -> str:
     return fingerprint.fingerprint(fingerprint.JOB_CODE["student" if spec["terms"] else "train"])
 
 
-def resume(out: Path, spec: dict, state: TrainingState, code: str, name: str) -> tuple[int, list, float]:
-    """Load the run's last checkpoint into `state`: (iteration, history, training seconds) to go on from;
-    (0, [], 0.0) for a new run."""
-    path = next((p for p in (out / layout.CHECKPOINT, out / layout.PARTIAL) if p.exists()), None)
-    if path is None:
-        return 0, [], 0.0
-    saved = ckpt_io.load(path)
-    if saved["spec"] != spec:
-        raise UserError(f"{path} was written by a different run spec; remove {out} to start afresh")
-    if saved.get("code", code) != code:
-        print(f"[{name}] {path.name} was written by other code (fingerprint {saved['code']}, now {code}); "
-              "starting afresh", file=sys.stderr, flush=True)
-        return 0, [], 0.0
-    state.load_state_dict(saved)
-    print(f"[{name}] resuming from iteration {saved['iteration']}", file=sys.stderr, flush=True)
-    return saved["iteration"], saved["history"], saved["wall_time_s"]
+@dataclass
+class Member:
+    """One run of a cohort (a run alone is a cohort of one) and where it stands."""
+
+    spec: dict
+    out: Path
+    state: TrainingState
+    rng: dict  # its global generators (dropout, drop path) between its own steps
+    code: str
+    name: str
+    start: int = 0  # the iteration it resumes from
+    saved: dict | None = None  # the checkpoint it resumed from
+    history: list = field(default_factory=list)
+    elapsed: float = 0.0  # training seconds
+    tracker: object = None
+    run_id: str | None = None
+    progress: Progress | None = None
+    last: tuple | None = None  # (loss, terms) of its last step
+    error: Exception | None = None
+    status: str = "FAILED"  # of its MLflow run, when the job ends
+
+    @contextlib.contextmanager
+    def own_rng(self, swap: bool):
+        """Run the block on this run's own global generators (`swap`: in a cohort of several runs)."""
+        if swap:
+            ckpt_io.restore_rng(self.rng)
+        try:
+            yield
+        finally:
+            if swap:
+                self.rng = ckpt_io.capture_rng()
 
 
-def open_tracker(spec: dict, out: Path):
-    """The run's MLflow run (None when tracking is off): the one an earlier, interrupted attempt of the
-    same spec created, else a new one, recorded in the run directory at once so that a job killed
-    before its first checkpoint is continued by its retry instead of left RUNNING beside a second run."""
+def resume(m: Member, data_identity: dict, replace_stale: bool) -> dict | None:
+    """The run's last checkpoint to go on from, None for a new run.
+
+    A checkpoint written by other code or for other data is not resumed (the run would mix two
+    computations): it is removed and the run starts afresh. One of another run spec is refused (a
+    mistaken --out) unless `replace_stale`: a workflow's run directories are its own, and there a
+    changed spec means the run is to be trained again.
+    """
+    for path in (m.out / layout.CHECKPOINT, m.out / layout.PARTIAL):
+        if not path.exists():
+            continue
+        saved = ckpt_io.load(path)
+        if saved["spec"] != m.spec and not replace_stale:
+            raise UserError(f"{path} was written by a different run spec; remove {m.out} to start afresh")
+        stale = ("a different run spec" if saved["spec"] != m.spec
+                 else f"other code (fingerprint {saved['code']}, now {m.code})" if saved.get("code", m.code) != m.code
+                 else "other prepared data or another split" if saved.get("data", data_identity) != data_identity
+                 else None)
+        if stale is None:
+            print(f"[{m.name}] resuming from iteration {saved['iteration']}", file=sys.stderr, flush=True)
+            return saved
+        print(f"[{m.name}] {path.name} was written by {stale}; removed, starting afresh", file=sys.stderr, flush=True)
+        path.unlink()
+    return None
+
+
+def open_tracker(spec: dict, out: Path, finished: bool) -> tuple[object, str | None]:
+    """(the run's MLflow logger, its run id); (None, None) when tracking is off.
+
+    The run is the one an earlier, interrupted attempt of the same spec created, else a new one,
+    recorded in the run directory at once so that a job killed before its first checkpoint is
+    continued by its retry instead of left RUNNING beside a second run. A `finished` run that is only
+    evaluated again (its cohort re-runs for another method) keeps its FINISHED MLflow run untouched:
+    (None, its id).
+    """
     if not spec.get("tracking", {}).get("enabled", True):
-        return None
+        return None, None
     from segkd import tracking  # mlflow is imported only where runs are logged
 
-    tracker = tracking.start_run_for(spec, run_id=rundir.recorded_mlflow_run(out, spec))
+    recorded = rundir.recorded_mlflow_run(out, spec)
+    if finished and recorded is not None and tracking.is_finished(spec, recorded):
+        return None, recorded
+    tracker = tracking.start_run_for(spec, run_id=recorded)
     rundir.record_mlflow_run(out, spec, tracker.run_id)
-    return tracker
+    return tracker, tracker.run_id
 
 
 def run_name(spec: dict) -> str:
@@ -223,74 +332,165 @@ def optimise(state: TrainingState, terms: dict, iteration: int, kept: Path) -> t
     return loss
 
 
-def train(spec: dict, out: str | Path) -> dict:
+def train(spec: dict, out: str | Path, *, replace_stale: bool = False) -> dict:
     """Run `spec` in directory `out` (resuming from its checkpoint if present); return the metrics."""
-    out, cfg, name = Path(out), spec["train"], run_name(spec)
+    return train_cohort([spec], [out], replace_stale=replace_stale)[0]
+
+
+def train_cohort(specs: list[dict], outs: list[str | Path], *, replace_stale: bool = False) -> list[dict]:
+    """Train the runs `specs` (one teacher, seed and fold; see check_cohort) in directories `outs`
+    together, each resuming from its own checkpoint; return their metrics, in order."""
+    check_cohort(specs)
+    cfg = specs[0]["train"]
     device = resolve_device(cfg["device"])
     precision = resolve_precision(cfg["precision"], device)
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
-    with rundir.run_directory(out):
-        ckpt_io.seed_everything(spec["seed"] * 1000 + spec["fold"])
-        data = load_fold(spec["prepared"], spec["folds_file"], spec["fold"], spec["dataset"], pin=device.type == "cuda")
-        state, teacher = build_state(spec, data, device, precision)
-        code = code_fingerprint(spec)
-        start, history, elapsed = resume(out, spec, state, code, name)
-        if start == 0:
-            state.scheduler.step_update(0)
-        tracker = open_tracker(spec, out)
-    run_id = tracker.run_id if tracker else None
-    if tracker:
-        tracker.log_history(history)  # what an interrupted attempt had not got into the store yet
+    members, data, teacher = start_cohort(specs, [Path(o) for o in outs], device, replace_stale)
     augment = Augment(scale=tuple(cfg["augment"]["scale"]), flip=cfg["augment"]["flip"],
                       photometric=cfg["augment"]["photometric"], crop=cfg.get("crop"))
-    model, optimizer = state.model, state.optimizer
-
-    def save(iteration: int, finished: bool) -> None:
-        ckpt_io.save_atomic({
-            "spec": spec, "iteration": iteration, "finished": finished, "num_classes": NUM_CLASSES,
-            "data": data.identity, "code": code, **state.state_dict(),
-            "history": history, "wall_time_s": elapsed, "mlflow_run_id": run_id,
-        }, out / (layout.CHECKPOINT if finished else layout.PARTIAL))
-
-    progress = Progress(spec["iterations"], start, name, cfg["log_every"])
-    status = "FAILED"
+    iterations, swap = specs[0]["iterations"], len(members) > 1
+    for i, m in enumerate(members):
+        m.progress = Progress(iterations, m.start, m.name, cfg["log_every"], position=i)
     try:
+        lead = min(members, key=lambda m: m.start)  # the batch stream stands where it stands
         tic, window_images = time.perf_counter(), 0
-        for it in range(start, spec["iterations"]):
-            x, y = next_batch(state, data, augment, device)
-            terms = step_losses(model, x, y, precision, teacher, state.distill)
-            loss = optimise(state, terms, it + 1, out / layout.PARTIAL)
-            window_images += x.shape[0]
-            done = it + 1
-            if done % cfg["log_every"] == 0 or done == spec["iterations"]:
+        for it in range(lead.start, iterations):
+            active = joined(members, lead, it)
+            if not active:
+                break
+            x, y = next_batch(lead.state, data, augment, device)
+            cohort_step(active, x, y, teacher, precision, it + 1, swap)
+            done, window_images = it + 1, window_images + x.shape[0]
+            if done % cfg["log_every"] == 0 or done == iterations:
                 now = time.perf_counter()
-                elapsed += now - tic
-                record = {"iteration": done, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
-                          **{k: v.item() for k, v in terms.items()}, "images_per_s": window_images / (now - tic)}
-                history.append(record)
-                if tracker:
-                    tracker.log_history([record])
-                rundir.write_progress(out, spec, done, elapsed)
-                progress.update(done, {k: record[k] for k in ("loss", "lr", "images_per_s")})
+                for m in active:
+                    if m.error is None:
+                        log_point(m, done, now - tic, window_images)
                 tic, window_images = time.perf_counter(), 0
-            if done % cfg["checkpoint_every"] == 0 and done < spec["iterations"]:
-                save(done, finished=False)
-        progress.close()
-        if start < spec["iterations"] or not (out / layout.CHECKPOINT).exists():
-            save(spec["iterations"], finished=True)
-        (out / layout.PARTIAL).unlink(missing_ok=True)
-        result = finish(spec, out, model, data, device, precision, history, elapsed, run_id)
-        if tracker:
-            tracker.log_final(result)
-            tracker.log_artifact(out / layout.METRICS)
-            tracker.log_artifact(confusion_plot(result, out))
-        status = "FINISHED"
-        return result
+            if done % cfg["checkpoint_every"] == 0 and done < iterations:
+                for m in active:
+                    if m.error is None:
+                        with m.own_rng(swap):
+                            save(m, data, done, finished=False)
+        results = []
+        for m in members:
+            if m.error is None:
+                with m.own_rng(swap):
+                    results.append(end_run(m, data, device, precision))
+        label = f"cohort {'+'.join(m.spec['method'] for m in members)}" if swap else members[0].name
+        print(f"[{label}] peak memory {peak_memory_mb(device):.0f} MB", file=sys.stderr, flush=True)
+        failed = [m for m in members if m.error is not None]
+        if failed:
+            raise TrainingDiverged("; ".join(f"{m.name}: {m.error}" for m in failed) if swap else str(failed[0].error))
+        return results
     finally:
-        progress.close()
-        if tracker:
-            tracker.close(status)
+        for m in members:
+            m.progress.close()
+            if m.tracker:
+                m.tracker.close(m.status)
+
+
+def joined(members: list[Member], lead: Member, it: int) -> list[Member]:
+    """The runs that step at iteration `it`: a run killed further on (between two runs' checkpoint
+    writes) joins the run furthest behind where its checkpoint stands, on the stream it saved."""
+    for m in members:
+        if m.start == it > lead.start and not lead.state.stream_at(m.saved):
+            raise RuntimeError(f"[{m.name}] the batch stream at iteration {it} is not the one its checkpoint saved")
+    return [m for m in members if m.start <= it and m.error is None]
+
+
+def cohort_step(active: list[Member], x, y, teacher, precision: str, iteration: int, swap: bool) -> None:
+    """One teacher forward for the union of the runs' taps, then each run's own step on its own
+    generators. A run whose loss is not finite stops here; the others go on (the job fails at the end)."""
+    taps = set().union(*(m.state.distill.taps for m in active if m.state.distill is not None))
+    t_out = teacher_forward(teacher, x, taps, precision) if taps else None
+    for m in active:
+        with m.own_rng(swap):
+            terms = student_losses(m.state.model, x, y, precision, t_out, m.state.distill)
+            try:
+                m.last = optimise(m.state, terms, iteration, m.out / layout.PARTIAL), terms
+            except TrainingDiverged as err:
+                m.error = err
+                print(f"[{m.name}] {err}", file=sys.stderr, flush=True)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The process's peak memory so far: allocated on a GPU, resident on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def start_cohort(specs: list[dict], outs: list[Path], device: torch.device, replace_stale: bool):
+    """(members, fold data, frozen teacher or None): each run built, resumed from its checkpoint and
+    given its MLflow run; the shared batch stream resumed where the run furthest behind left it."""
+    precision = resolve_precision(specs[0]["train"]["precision"], device)
+    with contextlib.ExitStack() as directories:
+        for out in outs:
+            directories.enter_context(rundir.run_directory(out))
+        spec0 = specs[0]
+        data = load_fold(spec0["prepared"], spec0["folds_file"], spec0["fold"], spec0["dataset"],
+                         pin=device.type == "cuda")
+        states, rngs, teacher = build_states(specs, data, device, precision)
+        members = [Member(spec, out, state, rng, code_fingerprint(spec), run_name(spec))
+                   for spec, out, state, rng in zip(specs, outs, states, rngs)]
+        swap = len(members) > 1
+        for m in members:
+            with m.own_rng(swap):
+                m.saved = resume(m, data.identity, replace_stale)
+                if m.saved is None:
+                    m.state.scheduler.step_update(0)
+                else:
+                    m.state.load_state_dict(m.saved, stream=False)
+                    m.start, m.history, m.elapsed = m.saved["iteration"], m.saved["history"], m.saved["wall_time_s"]
+        lead = min(members, key=lambda m: m.start)
+        if lead.saved is not None:
+            lead.state.load_stream(lead.saved)
+        for m in members:
+            m.tracker, m.run_id = open_tracker(m.spec, m.out, finished=bool(m.saved and m.saved["finished"]))
+            if m.tracker:
+                m.tracker.log_history(m.history)  # what an interrupted attempt had not got into the store yet
+    return members, data, teacher
+
+
+def log_point(m: Member, done: int, seconds: float, images: int) -> None:
+    """Record the run's losses, learning rate and speed (of its cohort: the runs step together)."""
+    m.elapsed += seconds
+    loss, terms = m.last
+    record = {"iteration": done, "lr": m.state.optimizer.param_groups[0]["lr"], "loss": loss.item(),
+              **{k: v.item() for k, v in terms.items()}, "images_per_s": images / seconds}
+    m.history.append(record)
+    if m.tracker:
+        m.tracker.log_history([record])
+    rundir.write_progress(m.out, m.spec, done, m.elapsed)
+    m.progress.update(done, {k: record[k] for k in ("loss", "lr", "images_per_s")})
+
+
+def save(m: Member, data: FoldData, iteration: int, finished: bool) -> None:
+    ckpt_io.save_atomic({
+        "spec": m.spec, "iteration": iteration, "finished": finished, "num_classes": NUM_CLASSES,
+        "data": data.identity, "code": m.code, **m.state.state_dict(),
+        "history": m.history, "wall_time_s": m.elapsed, "mlflow_run_id": m.run_id,
+    }, m.out / (layout.CHECKPOINT if finished else layout.PARTIAL))
+
+
+def end_run(m: Member, data: FoldData, device: torch.device, precision: str) -> dict:
+    """Write the run's final checkpoint, evaluate it, and close its MLflow run with the result."""
+    m.progress.close()
+    iterations = m.spec["iterations"]
+    if m.start < iterations or not (m.out / layout.CHECKPOINT).exists():
+        save(m, data, iterations, finished=True)
+    (m.out / layout.PARTIAL).unlink(missing_ok=True)
+    result = finish(m.spec, m.out, m.state.model, data, device, precision, m.history, m.elapsed, m.run_id)
+    if m.run_id is not None:
+        plot = confusion_plot(result, m.out)
+        if m.tracker:
+            m.tracker.log_final(result)
+            m.tracker.log_artifact(m.out / layout.METRICS)
+            m.tracker.log_artifact(plot)
+    m.status = "FINISHED"
+    return result
 
 
 def finish(spec: dict, out: Path, model, data, device, precision: str, history: list, elapsed: float,
