@@ -70,6 +70,7 @@ METHODS = {
 HF_CONFIGS = {
     "b0": dict(hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], decoder_hidden_size=256),
     "b2": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 4, 6, 3], decoder_hidden_size=768),
+    "b4": dict(hidden_sizes=[64, 128, 320, 512], depths=[3, 8, 27, 3], decoder_hidden_size=768),
 }
 
 
@@ -141,7 +142,7 @@ def hf_loss(student, teacher, method, adapter, s_feat, t_feat, x, y):
 
 def hf_step(student, teacher, method, x, y):
     s_feat, t_feat = decoder_feature(student), decoder_feature(teacher)
-    adapter = torch.nn.Conv2d(256, 768, 1) if method == "freq" else None
+    adapter = torch.nn.Conv2d(256, 768, 1).to(x.device) if method == "freq" else None
     params = list(student.parameters()) + (list(adapter.parameters()) if adapter else [])
     optimizer = torch.optim.AdamW(params, lr=TRAIN["lr"], weight_decay=TRAIN["weight_decay"])
 

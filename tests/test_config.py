@@ -56,3 +56,15 @@ def test_run_specs_carry_exactly_what_a_job_needs():
     assert baseline["teacher"] is None and baseline["terms"] == {}
     with pytest.raises(ConfigError, match="no method named 'nope'"):
         study.run_spec("student", teacher="segformer_b2", method="nope", seed=0, fold=0)
+
+
+def test_compile_is_in_a_run_spec_only_when_on(repo):
+    from segkd.config import Study, load_study, validate_spec
+
+    study = load_study(repo / "studies" / "smoke.yaml")
+    eager = study.run_spec("student", method="baseline", seed=0, fold=0)
+    assert "compile" not in eager["train"]  # the specs of eager runs are what they were before the key
+    params = study.params | {"train": {**study.params["train"], "compile": True}}
+    compiled = Study(params).run_spec("student", method="baseline", seed=0, fold=0)
+    assert compiled["train"]["compile"] is True and validate_spec(compiled) == compiled
+    assert {k: v for k, v in compiled["train"].items() if k != "compile"} == eager["train"]

@@ -3,6 +3,7 @@ it (segkd.fingerprint), each kind of job on its own code. `snakemake -n` is aske
 in a user's clone, and the edit is undone with git afterwards."""
 
 import ast
+import re
 import subprocess
 
 import pytest
@@ -32,13 +33,23 @@ TRAINING = {"teacher": 2, "baseline": 2, **STUDENTS}
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A clone of the project with the tiny study (one teacher, kd, one seed, two folds) run to the end."""
+    """A clone of the project with the tiny study (one teacher, kd, one seed, two folds) run to the end,
+    through the GPU workstation profile with 2 pretended GPUs (the runs train on the CPU, as the study
+    says); then planned without it: a profile changes no number, so nothing is to be done."""
     repo = copy_repo(tmp_path_factory.mktemp("reruns"))
     (repo / "tiny.yaml").write_text(STUDY)
     run("git add tiny.yaml && git -c user.email=t@t -c user.name=t commit -qm tiny", repo)
-    run(["snakemake", "--cores", "2", "--configfile", "tiny.yaml"], repo)
+    run(["snakemake", "--profile", "workflow/profiles/gpu", "--cores", "2", "--configfile", "tiny.yaml",
+         "--config", "gpus=2", "jobs_per_gpu=1", "--resources", "gpu=2"], repo)
     assert dry_run(repo) == NOTHING
     return repo
+
+
+def test_each_training_job_ran_pinned_to_one_gpu_and_both_were_used(study):
+    training = sorted((study / "logs" / "teachers").rglob("*.log")) + sorted((study / "logs" / "students").rglob("*.log"))
+    pinned = [re.search(r"\] on GPU (\d) \(slot 1 of 1 there\)", p.read_text()) for p in training]
+    assert len(training) == 6 and all(pinned), [p.read_text()[:300] for p in training]
+    assert {m.group(1) for m in pinned} == {"0", "1"}
 
 
 @pytest.fixture

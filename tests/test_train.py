@@ -253,3 +253,51 @@ def test_rerun_removes_the_confusion_plot_of_the_run_it_replaces(study, data, tm
     with pytest.raises(UserError):
         train(make_spec(study, data, iterations=2, batch_size=10_000), run)
     assert not (run / "confusion.png").exists() and run.is_dir()
+
+
+def test_a_diverged_run_names_the_first_bad_iteration_after_more_steps(study, data, tmp_path):
+    """The loss's finiteness is read at log and checkpoint points only (FiniteWatch): checked every 5
+    steps, the error names the same first non-finite iteration as when checked at every step, and no
+    checkpoint written at or after it is kept."""
+    import re
+
+    import torch
+
+    first = {}
+    for every in (1, 5):
+        spec = make_spec(study, data, iterations=20, checkpoint_every=every, log_every=every, lr=1e30,
+                         warmup_iterations=0)
+        with pytest.raises(TrainingDiverged, match=r"non-finite loss at iteration \d+: task=") as err:
+            train(spec, tmp_path / f"every{every}")
+        first[every] = int(re.search(r"iteration (\d+)", str(err.value)).group(1))
+        partial = tmp_path / f"every{every}" / "partial.pt"
+        if partial.exists():
+            assert torch.load(partial, weights_only=False)["iteration"] < first[every]
+        assert not (tmp_path / f"every{every}" / "metrics.json").exists()
+    assert first[5] == first[1] and first[1] % 5 != 0  # named, not the log point that found it
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_a_gpu_step_does_not_wait_for_the_device(study, data):
+    """Between log points a step never reads the device (torch's sync debug mode raises on a sync)."""
+    import torch
+
+    from segkd.data.augment import Augment
+    from segkd.engine import train as engine
+
+    spec = make_spec(study, data, device="cuda")
+    device = torch.device("cuda")
+    fold = engine.load_fold(spec["prepared"], spec["folds_file"], 0, spec["dataset"], device=device)
+    (state,), _, _ = engine.build_states([spec], fold, device, "bf16")
+    augment, watch = Augment(scale=(0.75, 1.5), flip=True, photometric=True, crop=(24, 32)), engine.FiniteWatch()
+    engine.next_batch(state, fold, augment, device)  # the first call may initialise things
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for it in range(1, 4):
+            x, y = engine.next_batch(state, fold, augment, device)
+            terms = engine.student_losses(state.model, x, y, "bf16")
+            watch.record(it, engine.optimise(state, terms), terms)
+            state.scheduler.step_update(it)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    watch.check(terms.keys(), "partial.pt")

@@ -1,5 +1,5 @@
 """`segkd` command line: one subcommand per workflow step (prepare, split, train, cohort, evaluate, aggregate,
-bands, status).
+bands), and two about a whole study (status, estimate).
 
 Each subcommand imports its implementation lazily, so `segkd --help` stays fast and a step pays
 only for what it uses. Errors in user input (bad params, missing files) print one clear line and
@@ -101,8 +101,16 @@ def _run_dir(spec: dict) -> Path:
     return layout.student_dir(spec["teacher"], spec["method"], spec["seed"], spec["fold"])
 
 
+_GPU_SLOT = None  # the GPU slot this training process holds until it exits (segkd.gpu_slots)
+
+
 def _training_process(spec: dict, threads: int | None) -> None:
-    """Set up this process for training: torch threads and, on CPU, the allocator."""
+    """Set up this process for training: its GPU slot where the workflow hands out slots (before
+    anything initialises CUDA), torch threads and, on CPU, the allocator."""
+    global _GPU_SLOT
+    from segkd.gpu_slots import pin_this_process
+
+    _GPU_SLOT = pin_this_process(name=f"{spec['role']}:{spec['model']}/{spec['method'] or ''}".rstrip("/"))
     if threads:
         import torch
 
@@ -191,6 +199,23 @@ def cmd_status(args) -> None:
     report = status.study_status(study, runs_root=Path(args.runs), logs_root=Path(args.logs), jobs=args.jobs,
                                  problems=preflight.check_study(study))
     print(json.dumps(status.as_json(report), indent=1) if args.json else status.format_text(report, args.all))
+
+
+def cmd_estimate(args) -> None:
+    from segkd import estimate
+    from segkd.errors import UserError
+
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs: expected at least 1 training job at once, got {args.jobs}")
+    if args.steps < 1:
+        raise UserError(f"--steps: expected at least 1, got {args.steps}")
+    study = _study(args)
+    est = estimate.estimate(study, steps=args.steps, warmup=args.warmup, slots=args.jobs,
+                            progress=lambda text: print(f"[estimate] {text}", file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(estimate.as_json(est, study), indent=1))
+    else:
+        print(estimate.render(est, study, estimate.machine_name()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="parallel jobs for the wall-time estimate: compute time / jobs (default: %(default)s)")
     sp.add_argument("--all", action="store_true", help="list every run, not only those that are not done")
     sp.add_argument("--json", action="store_true", help="everything as JSON, for scripts")
+
+    sp = add("estimate", cmd_estimate, "what the study costs on this machine, before it is launched",
+             "Time a few training steps of each job kind of the study (each teacher, the baseline, each "
+             "method's student with each teacher) on this machine's device, at the study's sizes, and a "
+             "job's fixed cost (start, imports, MLflow), evaluation and checkpoint writes; print per-kind "
+             "step and job times, the study's compute hours and its wall time with the workflow's "
+             "parallelism (one training job per core on the CPU; --jobs for a GPU profile: GPUs x jobs "
+             "per GPU).")
+    sp.add_argument("--configfile", dest="params", help="the study file (as snakemake --configfile; same as --params)")
+    sp.add_argument("--jobs", type=int, help="training jobs at once (default: one per core on the CPU, 1 on a GPU)")
+    sp.add_argument("--steps", type=int, default=5, help="timed steps per job kind (default: %(default)s)")
+    sp.add_argument("--warmup", type=int, default=2, help="untimed steps before them (default: %(default)s)")
+    sp.add_argument("--json", action="store_true", help="the estimate as JSON, for scripts")
     return p
 
 

@@ -29,6 +29,9 @@ BASELINE = "baseline"
 # a cohort is bitwise the run trained alone (tests/test_cohort.py), so the key decides how jobs are
 # grouped, never what a run computes.
 SHARE_TEACHER = "share_teacher"
+# train.compile: torch.compile of student and teacher. Part of a run spec when true (compiled kernels
+# round differently from eager ones); left out when false, so the specs of eager runs are what they were.
+COMPILE = "compile"
 
 
 class ConfigError(UserError):
@@ -98,6 +101,7 @@ def _spec_schema() -> dict:
     train = copy.deepcopy(p["train"])  # a spec's iterations are the role's own, at the top level
     iterations = train["properties"].pop("iterations")["properties"]["student"]
     train["properties"].pop(SHARE_TEACHER)  # how jobs are grouped, not what a run computes
+    train["properties"][COMPILE].pop("default")  # absent from the specs of eager runs (see COMPILE)
     train["required"] = [k for k in train["required"] if k != "iterations"]
     dataset = p["dataset"]
     model = p["models"]["properties"]["teachers"]["items"]  # a SegFormer name, student or teacher
@@ -211,7 +215,8 @@ class Study:
         from segkd import layout
 
         ds = self.dataset
-        train = {k: v for k, v in self.params["train"].items() if k not in ("iterations", SHARE_TEACHER)}
+        train = {k: v for k, v in self.params["train"].items()
+                 if k not in ("iterations", SHARE_TEACHER) and not (k == COMPILE and not v)}
         if role == TEACHER_ROLE:
             if teacher not in self.teachers:
                 raise ConfigError(f"models.teachers: {teacher!r} is not a teacher of this study")

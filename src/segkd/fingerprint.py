@@ -17,7 +17,7 @@ data          how images and labels are read, resized and cut into folds
 train         data loading and augmentation, the models, the training loop and evaluation
 distill       the distillation terms (students only, on top of ``train``)
 report        the tables, statistics, plots and report of the aggregate step
-bands         the band figure (``train`` + ``distill`` + report/band_figure)
+bands         the band figure (``train`` + ``distill`` + terms + report/band_figure)
 ============  ====================================================================================
 
 Not in any fingerprint, since they cannot change a number: the CLI (argument parsing and help
@@ -35,7 +35,7 @@ PACKAGE = Path(__file__).resolve().parent
 
 DATA_CODE = ("classes", "data/camvid", "data/synthetic", "data/prepare", "data/folds")
 TRAIN_CODE = ("classes", "data/prepare", "data/folds", "data/augment", "models/*", "engine/*")
-DISTILL_CODE = ("distill/*",)
+DISTILL_CODE = ("distill/*", "terms")
 REPORT_CODE = ("classes", "runs", "report/aggregate", "report/stats", "report/markdown", "report/plots")
 
 # Modules that jobs import but whose code cannot change their numbers (tests/test_fingerprint.py checks
@@ -50,6 +50,7 @@ NOT_NUMERIC = {
     "sweep": "variant names and grids; the run spec holds the result",
     "tracking": "MLflow logging",
     "fingerprint": "this module",
+    "gpu_slots": "which GPU a training job runs on; the device type is in its run spec",
     "jsonfiles": "reads and writes JSON files whole (the values are the callers')",
 }
 NOT_NUMERIC_FOR_TRAINING = {

@@ -9,6 +9,7 @@
 #   the interpreter's path would be a job parameter, and moving or re-creating the environment would
 #   re-run every job of a days-long study (Snakemake's params trigger).
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -16,13 +17,14 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from segkd import fingerprint, layout, preflight
+from segkd import fingerprint, gpu_slots, layout, preflight
 from segkd.config import Study, spec_json
+from segkd.errors import UserError
 from segkd.data import prepare as prepared_files
 from segkd.config import validate as validate_study
-from segkd.report.band_figure import freq_term
 from segkd.runs import expected_runs
 from segkd.sweep import NAME_PATTERN
+from segkd.terms import freq_term
 
 
 def study_files_on_the_command_line():
@@ -40,6 +42,20 @@ if not study_files_on_the_command_line():
 # `.venv/bin/snakemake` works in a shell without the environment activated, and no other install
 # of segkd can stand in for this checkout's.
 SEGKD = f"{shlex.quote(sys.executable)} -m segkd"
+
+# A GPU workstation (workflow/profiles/gpu): `gpus` and `jobs_per_gpu` are the machine's, not the
+# study's (they change no number), so they leave the config before it is read as the study. Training
+# jobs inherit the slots through the environment and each claims one (segkd.gpu_slots).
+GPU_KEYS = ("gpus", "jobs_per_gpu")
+if any(key in config for key in GPU_KEYS):
+    if "gpus" not in config:
+        raise WorkflowError("jobs_per_gpu is set but gpus is not: name the GPUs (--config gpus=2)")
+    try:
+        os.environ.update(gpu_slots.environment(config.pop("gpus"), config.pop("jobs_per_gpu", 1),
+                                                Path(".snakemake", "gpu-slots").resolve(),
+                                                visible=os.environ.get("CUDA_VISIBLE_DEVICES")))
+    except UserError as err:
+        raise WorkflowError(str(err)) from None
 
 # segkd's own check first: its errors name the key (train.lr: ...); then Snakemake's, on the same schema.
 STUDY = Study(validate_study(config))

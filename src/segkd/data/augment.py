@@ -70,8 +70,13 @@ class Augment:
         return (f"Augment(scale={self.scale}, flip={self.flip}, photometric={self.photometric}, "
                 f"crop={self.crop})")
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
-        """uint8 images (B,H,W,3) and labels (B,H,W) -> float32 normalised (B,3,h,w), int64 (B,h,w)."""
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                 shape_generator: torch.Generator | None = None):
+        """uint8 images (B,H,W,3) and labels (B,H,W) -> float32 normalised (B,3,h,w), int64 (B,h,w).
+
+        The batch's scale and crop windows decide tensor shapes, which the host must know: drawn on a
+        GPU generator, each read would wait for the device. A run on a GPU passes a CPU
+        `shape_generator` for them; without one they come from `generator` (on the CPU, one stream)."""
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected uint8 images (B, H, W, 3), got {images.dtype} {tuple(images.shape)}")
         if labels.shape != images.shape[:3]:
@@ -80,13 +85,16 @@ class Augment:
         if generator.device.type != device.type or labels.device != device:
             raise ValueError(f"generator ({generator.device}), images ({device}) and labels ({labels.device}) "
                              "must be on the same device")
+        if shape_generator is not None and shape_generator.device.type != "cpu":
+            raise ValueError(f"shape_generator must be a CPU generator, got one on {shape_generator.device}")
         rand = lambda *shape: torch.rand(shape, generator=generator, device=device)
+        host_rand = rand if shape_generator is None else lambda *shape: torch.rand(shape, generator=shape_generator)
         B, H, W = labels.shape
         x = images.permute(0, 3, 1, 2).float()
         y = labels.unsqueeze(1).float()
 
         # one scale for the batch
-        s = self.scale[0] + (self.scale[1] - self.scale[0]) * rand(1).item()
+        s = self.scale[0] + (self.scale[1] - self.scale[0]) * host_rand(1).item()
         h, w = max(1, round(H * s)), max(1, round(W * s))
         if (h, w) != (H, W):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=s < 1)
@@ -111,7 +119,7 @@ class Augment:
 
         ch, cw = self.crop or (H, W)
         if (h, w) != (ch, cw):
-            x, y = self._crop(x, y, ch, cw, rand(B, 2))
+            x, y = self._crop(x, y, ch, cw, host_rand(B, 2))
         return x.contiguous(), y.contiguous()
 
     @staticmethod

@@ -56,6 +56,7 @@ from segkd.distill.bands import (  # noqa: F401  (re-exported)
 )
 from segkd.distill.feature import adapter as make_adapter
 from segkd.distill.registry import DistillLoss, check_same_shape, register
+from segkd.terms import FREQ_LOSS
 
 HIGH_MODES = ("regularize", "kd", "amplitude", "none")
 #: option `tap` -> SegOutput field
@@ -190,7 +191,7 @@ def band_loss(student: torch.Tensor, teacher: torch.Tensor, band: BandSplit, hig
         return low_weight * low + high_weight * high_term
 
 
-@register("freq")
+@register(FREQ_LOSS)
 class FrequencyKD(DistillLoss):
     """Frequency-band KD (module docstring); term weight default 0.1.
 

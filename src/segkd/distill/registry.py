@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from segkd.errors import UserError
+from segkd.terms import loss_of
 
 #: loss name -> loss class (a `DistillLoss` subclass); filled by `register`.
 LOSSES: dict[str, type["DistillLoss"]] = {}
@@ -155,16 +156,6 @@ def check_same_shape(student: tuple, teacher: tuple, what: str) -> None:
     """ValueError unless the student's map (after its adapter, if any) has the teacher's shape."""
     if tuple(student) != tuple(teacher):
         raise ValueError(f"{what}: student {tuple(student)} and teacher {tuple(teacher)} differ")
-
-
-def loss_of(term: str, options: dict) -> str:
-    """The loss a method's term uses: its `loss` option, else the term's own name (``kd: {weight}``)."""
-    return options.get("loss", term)
-
-
-def terms_using(terms: dict[str, dict], loss: str) -> list[str]:
-    """The names of a method's terms that use `loss`, in the method's order."""
-    return [term for term, options in terms.items() if loss_of(term, options) == loss]
 
 
 def build_distillation(terms: dict[str, dict], student_dims: dict, teacher_dims: dict, *,

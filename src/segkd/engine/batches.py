@@ -30,8 +30,10 @@ class FoldData:
 
 
 def load_fold(prepared: str, folds_file: str, fold: int, dataset: dict | None = None,
-              pin: bool = False) -> FoldData:
-    """Load the train and held-out parts of `fold`; check they match the run's dataset spec."""
+              device: torch.device | str = "cpu") -> FoldData:
+    """Load the train and held-out parts of `fold`; check they match the run's dataset spec. On a GPU the
+    arrays are kept on the device (uint8: CamVid's 701 images at 360x480 are 0.4 GB), so a step reads its
+    batch there instead of copying it from the host."""
     data = load_prepared(prepared)
     folds = load_folds(folds_file)
     man = data.manifest
@@ -51,7 +53,7 @@ def load_fold(prepared: str, folds_file: str, fold: int, dataset: dict | None = 
         idx = np.asarray(sorted(indices), dtype=np.int64)
         images = torch.from_numpy(np.ascontiguousarray(data.images[idx]))
         labels = torch.from_numpy(np.ascontiguousarray(data.labels[idx]))
-        return (images.pin_memory(), labels.pin_memory()) if pin else (images, labels)
+        return images.to(device), labels.to(device)
 
     return FoldData(*take(part["train"]), *take(part["test"]), dataset=man["dataset"],
                     identity=data_identity(man, folds, fold))

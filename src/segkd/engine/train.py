@@ -127,13 +127,17 @@ class TrainingState:
     scaler: torch.amp.GradScaler
     sampler: BatchSampler  # the batch stream: shared by the runs of a cohort
     data_rng: torch.Generator
+    shape_rng: torch.Generator | None = None  # on a GPU: the host's draws of batch scale and crops (Augment)
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(),
-                "distill": self.distill.state_dict() if self.distill is not None else None,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(),
-                "data_rng": self.data_rng.get_state(), "rng": ckpt_io.capture_rng()}
+        state = {"model": self.model.state_dict(),
+                 "distill": self.distill.state_dict() if self.distill is not None else None,
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "sampler": self.sampler.state_dict(),
+                 "data_rng": self.data_rng.get_state(), "rng": ckpt_io.capture_rng()}
+        if self.shape_rng is not None:
+            state["shape_rng"] = self.shape_rng.get_state()
+        return state
 
     def load_state_dict(self, state: dict, stream: bool = True) -> None:
         """`stream=False` leaves the batch stream alone: a cohort loads it once, from its run furthest behind."""
@@ -150,13 +154,16 @@ class TrainingState:
     def load_stream(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self.data_rng.set_state(state["data_rng"])
+        if self.shape_rng is not None:
+            self.shape_rng.set_state(state["shape_rng"])
 
     def stream_at(self, state: dict) -> bool:
         """Whether the batch stream stands where checkpoint `state` saved it."""
         mine, saved = self.sampler.state_dict(), state["sampler"]
         return (mine["position"] == saved["position"] and torch.equal(mine["order"], saved["order"])
                 and torch.equal(mine["generator"], saved["generator"])
-                and torch.equal(self.data_rng.get_state(), state["data_rng"]))
+                and torch.equal(self.data_rng.get_state(), state["data_rng"])
+                and (self.shape_rng is None or torch.equal(self.shape_rng.get_state(), state["shape_rng"])))
 
 
 def check_cohort(specs: list[dict]) -> None:
@@ -188,16 +195,22 @@ def build_states(specs: list[dict], data: FoldData, device: torch.device, precis
     spec0, cfg = specs[0], specs[0]["train"]
     sampler = BatchSampler(len(data.train_images), cfg["batch_size"], seed=spec0["seed"])
     data_rng = torch.Generator(device=device).manual_seed(spec0["seed"] + 10_000 * spec0["fold"])
+    shape_rng = (torch.Generator().manual_seed(spec0["seed"] + 10_000 * spec0["fold"])
+                 if device.type != "cpu" else None)  # on the CPU the one stream of today's runs
     teacher, after_teacher, states, rngs = None, None, [], []
     for spec in specs:
         ckpt_io.seed_everything(spec["seed"] * 1000 + spec["fold"])
         model = create_model(spec["model"], num_classes=NUM_CLASSES, drop_path_rate=cfg["drop_path"],
                              pretrained=spec.get("pretrained"))
         model.to(device).to(memory_format=torch.channels_last).train()
+        if cfg.get("compile"):
+            model.compile()  # in place: the module, its parameters and its state_dict keys stay as they are
         distill = None
         if spec["terms"]:
             if teacher is None:
                 teacher = load_teacher(spec, device, data.identity)
+                if cfg.get("compile"):
+                    teacher.compile()
                 after_teacher = ckpt_io.capture_rng()
             else:
                 ckpt_io.restore_rng(after_teacher)
@@ -208,7 +221,7 @@ def build_states(specs: list[dict], data: FoldData, device: torch.device, precis
             model=model, distill=distill, optimizer=optimizer,
             scheduler=create_scheduler(optimizer, spec["iterations"], cfg),
             scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
-            sampler=sampler, data_rng=data_rng))
+            sampler=sampler, data_rng=data_rng, shape_rng=shape_rng))
         rngs.append(ckpt_io.capture_rng())
     return states, rngs, teacher
 
@@ -241,6 +254,7 @@ class Member:
     last: tuple | None = None  # (loss, terms) of its last step
     error: Exception | None = None
     status: str = "FAILED"  # of its MLflow run, when the job ends
+    watch: FiniteWatch = field(default_factory=lambda: FiniteWatch())  # (defined below)
 
     @contextlib.contextmanager
     def own_rng(self, swap: bool):
@@ -310,25 +324,47 @@ def run_name(spec: dict) -> str:
 
 def next_batch(state: TrainingState, data: FoldData, augment: Augment, device: torch.device):
     """The next (images, labels) of the run's seeded order, augmented on the device."""
-    idx = state.sampler.next()
-    images = data.train_images[idx].to(device, non_blocking=True)
-    labels = data.train_labels[idx].to(device, non_blocking=True)
-    x, y = augment(images, labels, state.data_rng)
+    idx = state.sampler.next().to(data.train_images.device)  # the fold is kept on the training device
+    x, y = augment(data.train_images[idx], data.train_labels[idx], state.data_rng, state.shape_rng)
     return x.contiguous(memory_format=torch.channels_last), y
 
 
-def optimise(state: TrainingState, terms: dict, iteration: int, kept: Path) -> torch.Tensor:
-    """One optimiser step on the sum of the loss terms (refused if it is not finite); the loss."""
+class FiniteWatch:
+    """The first iteration at which a run's loss was not finite, and its terms then, kept on the device.
+
+    Checking the loss in the step (``if not torch.isfinite(loss)``) would make the host wait for the
+    device at every step; the watch is read at log and checkpoint points instead, before anything is
+    logged or saved, so no checkpoint holds weights updated after a non-finite loss and the error still
+    names the first bad iteration. The steps in between are wasted, not kept.
+    """
+
+    def __init__(self):
+        self.first: torch.Tensor | None = None  # 0 while every loss was finite
+        self.values: torch.Tensor | None = None
+
+    def record(self, iteration: int, loss: torch.Tensor, terms: dict) -> None:
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        if self.first is None:
+            self.first, self.values = torch.zeros((), dtype=torch.long, device=loss.device), values
+        new = ~torch.isfinite(loss) & (self.first == 0)
+        self.first = torch.where(new, iteration, self.first)
+        self.values = torch.where(new, values, self.values)
+
+    def check(self, names, kept: Path) -> None:
+        """TrainingDiverged if a loss so far was not finite (reads the device: call at log points)."""
+        if self.first is not None and (first := int(self.first)):
+            values = ", ".join(f"{k}={v:.4g}" for k, v in zip(names, self.values.tolist()))
+            raise TrainingDiverged(f"non-finite loss at iteration {first}: {values}; "
+                                   f"the last good checkpoint ({kept}) is kept")
+
+
+def optimise(state: TrainingState, terms: dict) -> torch.Tensor:
+    """One optimiser step on the sum of the loss terms; the loss (its finiteness: FiniteWatch)."""
     loss = sum(terms.values())
-    if not torch.isfinite(loss):
-        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-        raise TrainingDiverged(f"non-finite loss at iteration {iteration}: {values}; "
-                               f"the last good checkpoint ({kept}) is kept")
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
     state.scaler.step(state.optimizer)
     state.scaler.update()
-    state.scheduler.step_update(iteration)
     return loss
 
 
@@ -362,17 +398,19 @@ def train_cohort(specs: list[dict], outs: list[str | Path], *, replace_stale: bo
             x, y = next_batch(lead.state, data, augment, device)
             cohort_step(active, x, y, teacher, precision, it + 1, swap)
             done, window_images = it + 1, window_images + x.shape[0]
-            if done % cfg["log_every"] == 0 or done == iterations:
+            logs = done % cfg["log_every"] == 0 or done == iterations
+            saves = done % cfg["checkpoint_every"] == 0 and done < iterations
+            if logs or saves:  # the host reads the device here only
+                active = check_finite(active)
+            if logs:
                 now = time.perf_counter()
                 for m in active:
-                    if m.error is None:
-                        log_point(m, done, now - tic, window_images)
+                    log_point(m, done, now - tic, window_images)
                 tic, window_images = time.perf_counter(), 0
-            if done % cfg["checkpoint_every"] == 0 and done < iterations:
+            if saves:
                 for m in active:
-                    if m.error is None:
-                        with m.own_rng(swap):
-                            save(m, data, done, finished=False)
+                    with m.own_rng(swap):
+                        save(m, data, done, finished=False)
         results = []
         for m in members:
             if m.error is None:
@@ -408,11 +446,22 @@ def cohort_step(active: list[Member], x, y, teacher, precision: str, iteration: 
     for m in active:
         with m.own_rng(swap):
             terms = student_losses(m.state.model, x, y, precision, t_out, m.state.distill)
-            try:
-                m.last = optimise(m.state, terms, iteration, m.out / layout.PARTIAL), terms
-            except TrainingDiverged as err:
-                m.error = err
-                print(f"[{m.name}] {err}", file=sys.stderr, flush=True)
+            loss = optimise(m.state, terms)
+            m.state.scheduler.step_update(iteration)
+            m.watch.record(iteration, loss, terms)
+            m.last = loss, terms
+
+
+def check_finite(active: list[Member]) -> list[Member]:
+    """The runs whose losses were finite so far; a run whose loss was not stops here (see FiniteWatch),
+    the others go on (the job fails at the end)."""
+    for m in active:
+        try:
+            m.watch.check(m.last[1].keys(), m.out / layout.PARTIAL)
+        except TrainingDiverged as err:
+            m.error = err
+            print(f"[{m.name}] {err}", file=sys.stderr, flush=True)
+    return [m for m in active if m.error is None]
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -430,8 +479,7 @@ def start_cohort(specs: list[dict], outs: list[Path], device: torch.device, repl
         for out in outs:
             directories.enter_context(rundir.run_directory(out))
         spec0 = specs[0]
-        data = load_fold(spec0["prepared"], spec0["folds_file"], spec0["fold"], spec0["dataset"],
-                         pin=device.type == "cuda")
+        data = load_fold(spec0["prepared"], spec0["folds_file"], spec0["fold"], spec0["dataset"], device=device)
         states, rngs, teacher = build_states(specs, data, device, precision)
         members = [Member(spec, out, state, rng, code_fingerprint(spec), run_name(spec))
                    for spec, out, state, rng in zip(specs, outs, states, rngs)]

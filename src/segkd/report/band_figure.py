@@ -23,9 +23,7 @@ from matplotlib.figure import Figure
 
 from segkd.errors import UserError
 from segkd.report.plots import deterministic
-
-FREQ_LOSS = "freq"
-
+from segkd.terms import FREQ_LOSS, freq_term
 
 @dataclass
 class BandMaps:
@@ -51,13 +49,6 @@ class BandMaps:
     def distance(self, band: str) -> np.ndarray:
         """(N, h, w) channel-wise L2 norm of student minus teacher band."""
         return torch.linalg.vector_norm(getattr(self, f"{band}_s") - getattr(self, f"{band}_t"), dim=1).numpy()
-
-
-def freq_term(terms: dict) -> str | None:
-    """Name of the method's first term that is a frequency-band loss, or None."""
-    from segkd.distill.registry import terms_using
-
-    return next(iter(terms_using(terms, FREQ_LOSS)), None)
 
 
 def principal_component(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
