@@ -449,7 +449,9 @@ def hours(seconds: float) -> str:
         return f"{seconds:.0f} s"
     if seconds < 2 * 3600:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
 
 
 def render(est: Estimate, study: Study, machine: str) -> str:
@@ -465,7 +467,7 @@ def render(est: Estimate, study: Study, machine: str) -> str:
     fixed = est.kinds[0].fixed_s if est.kinds else 0.0
     lines += ["", f"per job: {fixed:.1f} s fixed (start, imports, MLflow, figure) + steps + evaluation "
               "+ checkpoint writes",
-              f"compute: {est.compute_s / 3600:.2f} h in {len(est.jobs)} jobs",
+              f"compute: {est.compute_s / 3600:.2f} h in {len(est.jobs)} jobs ({hours(est.compute_s)})",
               f"wall:    {hours(est.wall_s)} with {est.slots} training job(s) at once "
               f"(workflow start {est.workflow_s:.0f} s included)"]
     return "\n".join(lines)
