@@ -37,6 +37,7 @@ from pathlib import Path
 from segkd import layout
 from segkd.config import BASELINE, STUDENT_ROLE, TEACHER_ROLE, Study
 from segkd.runs import expected_runs
+from segkd.status import duration
 
 TRAINING_THREADS = 1  # the threads a training job gets from the workflow (workflow/rules/train.smk)
 TEACHER_PRIORITY = 10  # the teacher rule's priority (workflow/rules/train.smk)
@@ -444,31 +445,21 @@ def _dag(study: Study, kinds: dict[str, JobKind], other: dict[str, float], share
     return jobs
 
 
-def hours(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.1f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
 def render(est: Estimate, study: Study, machine: str) -> str:
     lines = [f"# {study.name}: estimate on {machine} ({est.device}, {est.precision}, "
              f"{TRAINING_THREADS} thread(s) per training job)", "",
              f"{'job kind':34} {'step':>9} {'iters':>6} {'per job':>9} {'jobs':>5} {'compute':>9}"]
     for k in est.kinds:
         if k.jobs:
-            lines.append(f"{k.name:34} {k.step_s * 1000:7.1f}ms {k.iterations:6d} {hours(k.job_s):>9} "
-                         f"{k.jobs:5d} {hours(k.jobs * k.job_s):>9}")
+            lines.append(f"{k.name:34} {k.step_s * 1000:7.1f}ms {k.iterations:6d} {duration(k.job_s):>9} "
+                         f"{k.jobs:5d} {duration(k.jobs * k.job_s):>9}")
     for name, s in est.other.items():
-        lines.append(f"{name:34} {'':>9} {'':>6} {hours(s):>9} {1:5d} {hours(s):>9}")
+        lines.append(f"{name:34} {'':>9} {'':>6} {duration(s):>9} {1:5d} {duration(s):>9}")
     fixed = est.kinds[0].fixed_s if est.kinds else 0.0
     lines += ["", f"per job: {fixed:.1f} s fixed (start, imports, MLflow, figure) + steps + evaluation "
               "+ checkpoint writes",
-              f"compute: {est.compute_s / 3600:.2f} h in {len(est.jobs)} jobs ({hours(est.compute_s)})",
-              f"wall:    {hours(est.wall_s)} with {est.slots} training job(s) at once "
+              f"compute: {est.compute_s / 3600:.2f} h in {len(est.jobs)} jobs ({duration(est.compute_s)})",
+              f"wall:    {duration(est.wall_s)} with {est.slots} training job(s) at once "
               f"(workflow start {est.workflow_s:.0f} s included)"]
     return "\n".join(lines)
 
