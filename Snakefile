@@ -1,4 +1,4 @@
-# segkd study workflow: prepare -> split -> teachers -> students (+ baseline) -> aggregate.
+# segkd study workflow: prepare -> split -> teachers -> students (+ baseline) -> probes -> aggregate.
 #   snakemake --cores all                                  # the study in params.yaml
 #   snakemake --cores all --configfile studies/camvid.yaml # another study (replaces params.yaml)
 from snakemake.utils import min_version
@@ -9,6 +9,7 @@ min_version("9.0")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/probe.smk"
 include: "workflow/rules/report.smk"
 
 

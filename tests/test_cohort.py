@@ -131,8 +131,13 @@ def test_finished_students_are_evaluated_again_and_a_changed_one_is_retrained(st
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("smoke").experiment_id
     students = client.search_runs([experiment], "tags.role = 'student'")
-    assert sorted((r.data.tags["method"], r.info.status) for r in students) == \
-        [("at", "FINISHED"), ("at", "FINISHED"), ("kd", "FINISHED")]  # the first at run stays, a result
+    assert sorted((r.data.tags["method"], r.info.status) for r in students) == [("at", "FINISHED"), ("kd", "FINISHED")]
+    from mlflow.entities import ViewType
+
+    (replaced,) = [r for r in client.search_runs([experiment], "tags.role = 'student'", run_view_type=ViewType.ALL)
+                   if r.info.lifecycle_stage == "deleted"]  # the first at run, kept in the history, replaced
+    assert replaced.data.tags["method"] == "at" and replaced.info.status == "FINISHED"
+    assert replaced.data.tags["segkd.replaced_by"] == second[1]["mlflow_run_id"]
 
 
 def test_a_diverging_student_fails_its_cohort_after_the_others_finish(study, data, teacher, tmp_path):

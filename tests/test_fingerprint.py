@@ -94,6 +94,7 @@ def imported_closure(entry: str, not_numeric) -> set[str]:
     ("student", ["engine/train"]),
     ("report", ["report/aggregate"]),
     ("bands", ["report/band_figure"]),
+    ("probe", ["probe"]),
 ])
 def test_every_module_a_job_imports_is_fingerprinted_or_declared_not_numeric(kind, entries):
     covered = {p.relative_to(fingerprint.PACKAGE).with_suffix("").as_posix()

@@ -129,8 +129,8 @@ def fake(tmp_path_factory):
 
 def test_outputs_and_runs_table(fake):
     study, runs, truth, out, written = fake
-    names = {"runs.csv", "summary.csv", "summary.md", "summary.json", "paired_tests.csv", "class_deltas.csv",
-             "report.md", "plots/miou.png", "plots/class_deltas.png", "plots/loss.png"}
+    names = {"runs.csv", "summary.csv", "summary.md", "summary.json", "metrics.json", "paired_tests.csv", "class_deltas.csv",
+             "power.csv", "report.md", "plots/miou.png", "plots/class_deltas.png", "plots/loss.png"}
     names |= {f"per_class_{t}.{ext}" for t in TEACHERS for ext in ("csv", "md")}
     assert set(written) == names == {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     table = pd.read_csv(out / "runs.csv", keep_default_na=False, na_values=[""])
@@ -261,7 +261,7 @@ def test_rerun_is_byte_identical_and_logs_through_tracking(fake, monkeypatch):
     before = hashes(out)
     calls = []
     tracking = types.ModuleType("segkd.tracking")
-    tracking.log_study_artifacts = lambda name, paths, uri: calls.append((name, paths, uri))
+    tracking.log_study = lambda name, results, paths, summary, alpha, uri: calls.append((name, paths, uri))
     monkeypatch.setitem(sys.modules, "segkd.tracking", tracking)
     written = agg.aggregate(study, runs=runs, out=out, log_to_mlflow=True)
     assert hashes(out) == before

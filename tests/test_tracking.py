@@ -2,8 +2,11 @@
 study artifacts, and many processes logging to one fresh store at once."""
 
 import copy
+import math
 import multiprocessing as mp
+import subprocess
 from multiprocessing import forkserver
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -11,7 +14,7 @@ from mlflow.entities import ViewType
 
 from segkd import tracking
 from segkd.classes import CLASS_NAMES
-from segkd.config import Study
+from segkd.config import Study, spec_hash
 
 PARENT = "mlflow.parentRunId"
 
@@ -74,8 +77,12 @@ def test_student_run_in_the_store_with_params_tags_metrics_and_parents(store, tm
 
     client = MlflowClient(uri)
     r = client.get_run(run_id)
-    assert r.info.status == "FINISHED"
+    assert r.info.status == "FINISHED" and r.info.run_name == "kd · seed1 · fold0"
     assert r.data.tags["role"] == "student"
+    assert r.data.tags["segkd.spec"] == spec_hash(spec) and r.data.tags["segkd.current"] == "true"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert head and r.data.tags["mlflow.source.git.commit"] == head  # the tests run in the project's checkout
+    assert "segkd.dvc_experiment" not in r.data.tags
     assert {k: r.data.tags[k] for k in ("study", "teacher", "method", "seed", "fold", "dataset", "model")} == {
         "study": "study-a", "teacher": "segformer_b2", "method": "kd", "seed": "1", "fold": "0",
         "dataset": "synthetic", "model": "segformer_b0"}
@@ -83,11 +90,12 @@ def test_student_run_in_the_store_with_params_tags_metrics_and_parents(store, tm
     assert p["train.lr"] == "0.0006" and p["train.batch_size"] == "8"
     assert p["train.augment.scale"] == "[0.75, 1.5]" and p["train.augment.flip"] == "true"
     assert p["terms.kd.weight"] == "0.01" and p["terms.kd.temperature"] == "1.0"
-    assert p["dataset.name"] == "synthetic" and p["train.crop"] == "null" and p["role"] == "student"
-    m = r.data.metrics
-    assert m["mIoU"] == 0.5 and m["mPA"] == 0.6 and m["aAcc"] == 0.8 and m["images_per_s"] == 40.0
-    assert m["iou.Pole"] == pytest.approx(0.2) and "iou.Fence" not in m
-    assert [(h.step, h.value) for h in client.get_metric_history(run_id, "mIoU")] == [(300, 0.5)]
+    assert p["dataset.name"] == "synthetic" and p["role"] == "student"
+    assert not {"train.crop", "pretrained", "tracking_uri"} & set(p)  # None is no value, not "null"
+    m = r.data.metrics  # percent, as in the report
+    assert m["mIoU"] == 50.0 and m["mPA"] == 60.0 and m["aAcc"] == 80.0 and m["images_per_s"] == 40.0
+    assert m["iou.Pole"] == pytest.approx(20.0) and "iou.Fence" not in m
+    assert [(h.step, h.value) for h in client.get_metric_history(run_id, "mIoU")] == [(300, 50.0)]
     assert [(h.step, h.value) for h in client.get_metric_history(run_id, "kd")] == [(10, 0.3)]
     assert [a.path for a in client.list_artifacts(run_id)] == ["metrics.json"]
     assert r.info.artifact_uri.startswith(str(root / "mlruns"))
@@ -97,7 +105,20 @@ def test_student_run_in_the_store_with_params_tags_metrics_and_parents(store, tm
     assert r.data.tags[PARENT] == method_node.info.run_id
     assert method_node.data.tags[PARENT] == study_node.info.run_id
     assert PARENT not in study_node.data.tags
-    assert study_node.info.run_name == "study-a" and method_node.info.run_name == "segformer_b2/kd"
+    assert study_node.info.run_name == "study-a" and method_node.info.run_name == "kd · segformer_b2"
+
+
+def test_the_experiment_opens_as_a_training_experiment(store):
+    """MLflow 3's UI reads the experiment's kind from its mlflow.experimentKind tag; without it the
+    experiment opens in the GenAI view. One created before segkd set the kind gets it too."""
+    _, uri = store
+    client = MlflowClient(uri)
+    exp = tracking.init_store(uri, "study-kind")
+    assert client.get_experiment(exp).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("study-kind-older")
+    assert "mlflow.experimentKind" not in client.get_experiment(older).tags
+    assert tracking.init_store(uri, "study-kind-older") == older
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_teacher_run_goes_under_teachers_and_fails_on_exception(store):
@@ -110,7 +131,7 @@ def test_teacher_run_goes_under_teachers_and_fails_on_exception(store):
     r = client.get_run(run_id)
     assert r.info.status == "FAILED"
     assert r.data.tags["role"] == "teacher" and r.data.tags["method"] == "none"
-    assert r.info.run_name == "segformer_b2/fold1"
+    assert r.info.run_name == "segformer_b2 · fold1"
     (teachers,) = node_runs(client, "study-b", "teachers")
     assert r.data.tags[PARENT] == teachers.info.run_id
     # the baseline student has no teacher: its node is none/baseline
@@ -118,6 +139,7 @@ def test_teacher_run_goes_under_teachers_and_fails_on_exception(store):
         baseline_id = run.run_id
     (node,) = node_runs(client, "study-b", "method:none/baseline")
     assert client.get_run(baseline_id).data.tags[PARENT] == node.info.run_id
+    assert node.info.run_name == "baseline" and client.get_run(baseline_id).info.run_name == "baseline · seed0 · fold0"
 
 
 def test_metrics_are_logged_in_batches_with_their_steps(store):
@@ -158,18 +180,111 @@ def test_resume_reuses_the_run_id(store):
         assert fresh.run_id != first.run_id
 
 
-def test_study_artifacts_go_to_the_study_run(store, tmp_path):
+def test_a_rerun_job_replaces_its_earlier_run(store, monkeypatch):
+    """A job trained again (here under another weight, in a DVC experiment) makes a new run; the
+    earlier run of the same job is marked replaced and soft-deleted, so MLflow's default (active)
+    view shows the current study only, while the earlier run, whole, stays in the deleted view."""
     _, uri = store
-    (tmp_path / "plots").mkdir()
-    (tmp_path / "plots" / "miou.png").write_bytes(b"png")
-    (tmp_path / "summary.csv").write_text("method,mIoU\nkd,0.5\n")
-    root_id = tracking.log_study_artifacts("study-e", [tmp_path / "summary.csv", tmp_path / "plots"], uri=uri)
     client = MlflowClient(uri)
+    first_spec, other_job = make_spec("study-r", seed=0), make_spec("study-r", seed=1)
+    with tracking.start_run_for(first_spec, uri=uri) as first:
+        first.log_final(FINAL)
+    with tracking.start_run_for(other_job, uri=uri) as other:
+        pass
+    again = copy.deepcopy(first_spec)
+    again["terms"]["kd"]["weight"] = 0.02
+    monkeypatch.setenv("DVC_EXP_NAME", "gusty-kiln")  # what `dvc exp run` sets for its stages
+    with tracking.start_run_for(again, uri=uri) as second:
+        pass
+
+    exp = experiment_id(client, "study-r")
+    active = client.search_runs([exp], "tags.role = 'student'")
+    assert sorted(r.info.run_id for r in active) == sorted([second.run_id, other.run_id])
+    old, new = client.get_run(first.run_id), client.get_run(second.run_id)
+    assert old.info.lifecycle_stage == "deleted" and old.info.status == "FINISHED"
+    assert old.data.tags["segkd.current"] == "false" and old.data.tags["segkd.replaced_by"] == second.run_id
+    assert old.data.metrics["mIoU"] == 50.0 and old.data.params["terms.kd.weight"] == "0.01"  # history kept
+    assert new.data.tags["segkd.current"] == "true" and "segkd.replaced_by" not in new.data.tags
+    assert new.data.tags["segkd.dvc_experiment"] == "gusty-kiln" and "segkd.dvc_experiment" not in old.data.tags
+    assert new.data.tags["segkd.spec"] == spec_hash(again) != old.data.tags["segkd.spec"]
+    assert new.info.run_name == old.info.run_name == "kd · seed0 · fold0"
+    assert client.get_run(other.run_id).data.tags["segkd.current"] == "true"  # another job is left alone
+    deleted = client.search_runs([exp], "tags.role = 'student'", run_view_type=ViewType.DELETED_ONLY)
+    assert [r.info.run_id for r in deleted] == [first.run_id]
+
+
+SUMMARY = {  # summary.json's shape (percent), two methods of one teacher
+    "baseline": {"n_seeds": 2, "mIoU_mean": 30.0, "mIoU_std": 1.0, "ci_low": 21.0, "ci_high": 39.0},
+    "segformer_b2": {
+        "kd": {"n_seeds": 2, "mIoU_mean": 33.0, "mIoU_std": 0.5, "ci_low": 28.5, "ci_high": 37.5,
+               "delta_vs_baseline": 3.0, "delta_ci_low": 1.0, "delta_ci_high": 5.0, "p_holm": 0.01,
+               "p_wilcoxon_holm": 0.25},
+        "at": {"n_seeds": 2, "mIoU_mean": 29.0, "mIoU_std": 0.7, "ci_low": 22.7, "ci_high": 35.3,
+               "delta_vs_baseline": -1.0, "delta_ci_low": -4.0, "delta_ci_high": 2.0, "p_holm": 0.4,
+               "p_wilcoxon_holm": None}}}
+
+
+def _results(root: Path, report: str) -> list[Path]:
+    (root / "plots").mkdir(parents=True, exist_ok=True)
+    (root / "plots" / "miou.png").write_bytes(b"png")
+    (root / "report.md").write_text(report)
+    return [root / "report.md", root / "plots" / "miou.png"]
+
+
+def test_the_aggregate_logs_summaries_on_the_method_runs_and_its_report_on_the_study_run(store, tmp_path):
+    _, uri = store
+    client = MlflowClient(uri)
+    study = Study({"study": "study-e", "models": {"teachers": ["segformer_b2"]}, "methods": {"kd": {}, "at": {}},
+                   "tracking": {"uri": uri}})
+    exp = tracking.init_study(study)
+    with tracking.start_run_for(make_spec("study-e"), uri=uri) as job:
+        job.log_final(FINAL)
+    results = tmp_path / "results"
+    files = _results(results, "![mIoU](plots/miou.png)\n")
+    root = tracking.log_study("study-e", results, files, SUMMARY, alpha=0.05, uri=uri)
+
     (study_node,) = node_runs(client, "study-e", "study")
-    assert study_node.info.run_id == root_id
-    assert sorted(a.path for a in client.list_artifacts(root_id)) == ["miou.png", "summary.csv"]
+    assert study_node.info.run_id == root
+    # report.md's links are relative: the plots sit where they say
+    assert sorted(a.path for a in client.list_artifacts(root)) == ["plots", "report.md"]
+    assert [a.path for a in client.list_artifacts(root, "plots")] == ["plots/miou.png"]
+    assert study_node.data.tags["segkd.best"] == "kd · segformer_b2"
+    assert study_node.data.metrics == {"baseline.mIoU": 30.0, "best.mIoU": 33.0, "best.delta_mIoU": 3.0,
+                                       "best.p_holm": 0.01, "methods.higher": 1.0, "methods.lower": 0.0}
+    (kd,) = node_runs(client, "study-e", "method:segformer_b2/kd")
+    assert kd.data.metrics == {"mIoU": 33.0, "mIoU.std": 0.5, "mIoU.ci_low": 28.5, "mIoU.ci_high": 37.5,
+                               "n_seeds": 2.0, "delta_mIoU": 3.0, "delta_mIoU.ci_low": 1.0,
+                               "delta_mIoU.ci_high": 5.0, "p_holm": 0.01, "p_wilcoxon_holm": 0.25}
+    (at,) = node_runs(client, "study-e", "method:segformer_b2/at")
+    assert at.data.metrics["delta_mIoU"] == -1.0 and math.isnan(at.data.metrics["p_wilcoxon_holm"])
+    (baseline,) = node_runs(client, "study-e", "method:none/baseline")
+    assert baseline.data.metrics == {"mIoU": 30.0, "mIoU.std": 1.0, "mIoU.ci_low": 21.0, "mIoU.ci_high": 39.0,
+                                     "n_seeds": 2.0}
+    assert [m.value for m in client.get_metric_history(kd.info.run_id, "mIoU")] == [33.0]
+
+    # the same results again: nothing new, no second value in any history
+    assert tracking.log_study("study-e", results, files, SUMMARY, alpha=0.05, uri=uri) == root
+    assert [m.value for m in client.get_metric_history(kd.info.run_id, "mIoU")] == [33.0]
+    assert len(client.search_runs([exp], run_view_type=ViewType.ALL)) == 6  # 5 nodes and the job
+
+    # other results (a later aggregate): a new study run; the old one, its report and headline kept, replaced
+    changed = copy.deepcopy(SUMMARY)
+    changed["segformer_b2"]["kd"]["mIoU_mean"] = 34.0
+    files = _results(results, "![mIoU](plots/miou.png) again\n")
+    new_root = tracking.log_study("study-e", results, files, changed, alpha=0.05, uri=uri)
+    assert new_root != root and tracking.init_study(study) == exp
+    old = client.get_run(root)
+    assert old.info.lifecycle_stage == "deleted" and old.data.tags["segkd.replaced_by"] == new_root
+    assert old.data.tags["segkd.current"] == "false" and old.data.metrics["best.mIoU"] == 33.0
+    assert "report.md" in {a.path for a in client.list_artifacts(root)}
+    (current,) = client.search_runs([exp], "tags.`segkd.node` = 'study'")  # the active view
+    assert current.info.run_id == new_root and current.data.metrics["best.mIoU"] == 34.0
+    nodes = client.search_runs([exp], "tags.`segkd.node` != 'study'")
+    assert len(nodes) == 4 and {r.data.tags[PARENT] for r in nodes} == {new_root}  # teachers, methods moved
+    assert [m.value for m in client.get_metric_history(kd.info.run_id, "mIoU")] == [33.0, 34.0]
+    assert client.get_run(kd.info.run_id).data.metrics["mIoU"] == 34.0
     with pytest.raises(FileNotFoundError):
-        tracking.log_study_artifacts("study-e", [tmp_path / "missing.md"], uri=uri)
+        tracking.log_study("study-e", results, [results / "missing.md"], SUMMARY, alpha=0.05, uri=uri)
 
 
 def test_uri_resolution_and_idempotent_init(store, tmp_path, monkeypatch):
@@ -209,8 +324,8 @@ def test_init_study_creates_every_node_once(store):
 
 
 def test_flatten_params():
-    flat = tracking.flatten_params({"a": {"b": {"c": 1}, "d": [1, 2]}, "e": "x", "f": None, "g": {}})
-    assert flat == {"a.b.c": "1", "a.d": "[1, 2]", "e": "x", "f": "null", "g": "{}"}
+    flat = tracking.flatten_params({"a": {"b": {"c": 1}, "d": [1, 2], "n": None}, "e": "x", "f": None, "g": {}})
+    assert flat == {"a.b.c": "1", "a.d": "[1, 2]", "e": "x", "g": "{}"}
 
 
 # ----------------------------------------------------------------------- many processes at once
@@ -262,7 +377,7 @@ def test_parallel_jobs_share_one_fresh_store(tmp_path):
         loss = sorted((h.step, h.value) for h in client.get_metric_history(r.info.run_id, "loss"))
         assert loss == [(s, pytest.approx(1.0 / (s + 1) + seed)) for s in range(N_STEPS)]
         assert len(client.get_metric_history(r.info.run_id, "lr")) == N_STEPS
-        assert r.data.metrics["mIoU"] == 0.5 and "iou.Sky" in r.data.metrics
+        assert r.data.metrics["mIoU"] == 50.0 and "iou.Sky" in r.data.metrics
     assert len(seen) == len(specs)
 
 

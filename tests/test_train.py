@@ -159,7 +159,7 @@ def test_run_is_logged_to_a_real_mlflow_store(study, data, tmp_path, monkeypatch
     assert run.info.status == "FINISHED"
     assert run.data.tags["method"] == "baseline" and run.data.tags["seed"] == "0" and run.data.tags["fold"] == "0"
     assert run.data.params["train.lr"] == str(spec["train"]["lr"]) or json.loads(run.data.params["train.lr"]) == spec["train"]["lr"]
-    assert run.data.metrics["mIoU"] == pytest.approx(result["mIoU"])
+    assert run.data.metrics["mIoU"] == pytest.approx(100 * result["mIoU"])  # percent in MLflow, as in the report
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "confusion.png"} <= artifacts
@@ -301,3 +301,49 @@ def test_a_gpu_step_does_not_wait_for_the_device(study, data):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     watch.check(terms.keys(), "partial.pt")
+
+
+def test_weighing_the_terms_changes_no_number_of_the_run(study, data, teacher_checkpoint, tmp_path):
+    """Each term's share of the loss and gradient-norm ratio, measured at a few log points, leave the run
+    bit-identical to one without (metrics, confusion, loss history, final weights); freq's backward
+    overwrites what it saved, the case where walking the graph twice would go wrong. A cohort records
+    the same values, and a doubled weight doubles the term's gradient ratio at the first step (same
+    forward, the gradient of the weighted term)."""
+    import torch
+
+    from segkd.engine.train import train_cohort
+    from segkd.report.strength import GRAD_RATIO, SHARE
+
+    terms = {"at": {"weight": 1000.0}, "freq": {"weight": 0.1, "high": "regularize"}}
+    spec = make_spec(study, data, teacher="segformer_b2", method="kd", iterations=3, log_every=1,
+                     teacher_checkpoint=teacher_checkpoint)
+    spec["terms"] = terms
+    on, off = train(spec, tmp_path / "on"), train(spec, tmp_path / "off", strength=False)
+    keys = {prefix + t for prefix in (SHARE, GRAD_RATIO) for t in terms}
+
+    def without(history, drop):
+        return [{k: v for k, v in h.items() if k not in drop | {"images_per_s"}} for h in history]
+
+    assert numbers(on) == numbers(off) and without(on["history"], keys) == without(off["history"], set())
+    weights = [torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)["model"] for run in ("on", "off")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert all(keys <= set(h) for h in on["history"]) and not any(keys & set(h) for h in off["history"])
+    for h in on["history"]:
+        for t in terms:
+            assert h[SHARE + t] == pytest.approx(h[t] / h["loss"], rel=1e-5) and h[GRAD_RATIO + t] > 0
+
+    doubled = copy.deepcopy(spec)
+    doubled.update(method="at", terms={**terms, "at": {"weight": 2000.0}})
+    alone, twice = train_cohort([spec, doubled], [tmp_path / "cohort-a", tmp_path / "cohort-b"])
+    assert without(alone["history"], set()) == without(on["history"], set())
+    first, first_doubled = on["history"][0], twice["history"][0]
+    assert first_doubled[GRAD_RATIO + "at"] == pytest.approx(2 * first[GRAD_RATIO + "at"], rel=1e-6)
+    assert first_doubled[GRAD_RATIO + "freq"] == pytest.approx(first[GRAD_RATIO + "freq"], rel=1e-6)
+
+
+def test_strength_points_are_a_few_log_points():
+    from segkd.engine.train import strength_points
+
+    assert strength_points(120, 10) == {10, 30, 60, 90, 120}
+    assert strength_points(3, 1) == {1, 2, 3} and strength_points(7, 5) == {5, 7}  # 7: the last step logs
+    assert len(strength_points(40_000, 50)) == 5

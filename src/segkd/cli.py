@@ -1,5 +1,5 @@
-"""`segkd` command line: one subcommand per workflow step (prepare, split, train, cohort, evaluate, aggregate,
-bands), and two about a whole study (status, estimate).
+"""`segkd` command line: one subcommand per workflow step (prepare, split, train, cohort, evaluate, probe,
+aggregate, bands), and two about a whole study (status, estimate).
 
 Each subcommand imports its implementation lazily, so `segkd --help` stays fast and a step pays
 only for what it uses. Errors in user input (bad params, missing files) print one clear line and
@@ -176,7 +176,7 @@ def cmd_aggregate(args) -> None:
     from segkd.report.aggregate import aggregate
 
     aggregate(_study(args), runs=Path(args.runs), out=Path(args.out), allow_missing=args.allow_missing,
-              exclude_stale=args.exclude_stale)
+              exclude_stale=args.exclude_stale, probes=Path(args.probes))
 
 
 def cmd_bands(args) -> None:
@@ -187,6 +187,17 @@ def cmd_bands(args) -> None:
 
         torch.set_num_threads(args.threads)
     print(bands(args.run, images=args.images, out=args.out))
+
+
+def cmd_probe(args) -> None:
+    from segkd.probe import main_probe, parse_ratios
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    main_probe(args.run, out=args.out, band=args.band, ratio_mode=args.ratio_mode, tap=args.tap,
+               device=args.device, **({"ratios": parse_ratios(args.ratios)} if args.ratios else {}))
 
 
 def cmd_status(args) -> None:
@@ -297,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--runs", default="runs")
     sp.add_argument("--out", default="results")
     sp.add_argument("--allow-missing", action="store_true", help="report missing runs instead of failing")
+    sp.add_argument("--probes", default="results/probe",
+                    help="the low-pass probe tables, one per run (default: %(default)s; read when params probe.enabled)")
     sp.add_argument("--exclude-stale", action="store_true",
                     help="report runs trained under another spec than the study's (stale) and leave them out, "
                          "instead of failing")
@@ -311,6 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--images", type=int, default=3, help="test images shown (default: %(default)s)")
     sp.add_argument("--out", help="PNG file (default: <run>/bands.png)")
     sp.add_argument("--threads", type=int, help="torch CPU threads")
+
+    sp = add("probe", cmd_probe, "evaluate a run with a feature replaced by its low band, then its high band",
+             "The low-pass probe: evaluate a finished run (teacher, baseline or student) on its own held-out "
+             "fold with the tapped feature (the decoder feature after linear_fuse by default) replaced by its "
+             "low band at each ratio, then by its high band, with the freq term's band definitions; write one "
+             "row per (band, ratio) with mIoU, mPA and aAcc. With a band that keeps every frequency (box at "
+             "ratio 1) the row is the run's own evaluation.")
+    sp.add_argument("--run", required=True, help="run directory (runs/teachers/... or runs/students/...)")
+    sp.add_argument("--ratios", help="comma-separated cut-offs in [0, 1] (default: 0.02,0.05,0.1,0.2,0.3,0.5,0.75,1.0)")
+    sp.add_argument("--band", default="box", help="box | radial | gaussian | butterworth | dct (default: %(default)s)")
+    sp.add_argument("--ratio-mode", default="axis", help="axis | area (default: %(default)s)")
+    sp.add_argument("--tap", default="decoder", help="decoder | stage1..stage4 | logits (default: %(default)s)")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--out", help="CSV file (default: <run>/probe.csv)")
+    sp.add_argument("--threads", type=int, help="torch CPU threads (the run's own for bit-identical numbers)")
 
     sp = add("status", cmd_status, "where the study's runs stand, and how long the rest takes",
              "List the study's runs (the workflow's run grid) by state: done, stale (trained under another "

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segkd import layout
-from segkd.config import BASELINE, STUDENT_ROLE, TEACHER_ROLE, Study
+from segkd.config import Study
 from segkd.runs import expected_runs
 from segkd.status import duration
 
@@ -98,7 +98,6 @@ class Job:
     name: str = field(compare=False)
     seconds: float = field(compare=False)
     needs: list = field(default_factory=list, compare=False)
-    gpu: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -406,8 +405,8 @@ def _dag(study: Study, kinds: dict[str, JobKind], other: dict[str, float], share
     order = iter(range(10**9))
     jobs: list[Job] = []
 
-    def add(name, seconds, needs, priority=0, gpu=False):
-        jobs.append(Job((-priority, next(order)), name, seconds, list(needs), gpu))
+    def add(name, seconds, needs, priority=0):
+        jobs.append(Job((-priority, next(order)), name, seconds, list(needs)))
 
     data = [n for n in ("prepare", "split") if n in other]
     if "prepare" in other:
@@ -416,21 +415,21 @@ def _dag(study: Study, kinds: dict[str, JobKind], other: dict[str, float], share
     training = []
     for t in study.teachers:
         for f in study.folds:
-            add(f"teacher {t} fold{f}", kinds[f"teacher {t}"].job_s, data[-1:], TEACHER_PRIORITY, True)
+            add(f"teacher {t} fold{f}", kinds[f"teacher {t}"].job_s, data[-1:], TEACHER_PRIORITY)
     for s in study.seeds:
         for f in study.folds:
-            add(f"baseline seed{s} fold{f}", kinds["baseline"].job_s, data[-1:], gpu=True)
+            add(f"baseline seed{s} fold{f}", kinds["baseline"].job_s, data[-1:])
             training.append(f"baseline seed{s} fold{f}")
     for t in study.teachers:
         for s in study.seeds:
             for f in study.folds:
                 if share:
-                    add(f"cohort {t} seed{s} fold{f}", kinds[f"cohort {t}"].job_s, [f"teacher {t} fold{f}"], gpu=True)
+                    add(f"cohort {t} seed{s} fold{f}", kinds[f"cohort {t}"].job_s, [f"teacher {t} fold{f}"])
                     training.append(f"cohort {t} seed{s} fold{f}")
                     continue
                 for m in study.methods:
                     add(f"student {t}/{m} seed{s} fold{f}", kinds[f"student {t}/{m}"].job_s,
-                        [f"teacher {t} fold{f}"], gpu=True)
+                        [f"teacher {t} fold{f}"])
                     training.append(f"student {t}/{m} seed{s} fold{f}")
     s0, f0 = study.seeds[0], study.folds[0]
     bands = []

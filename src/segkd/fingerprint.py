@@ -18,6 +18,7 @@ train         data loading and augmentation, the models, the training loop and e
 distill       the distillation terms (students only, on top of ``train``)
 report        the tables, statistics, plots and report of the aggregate step
 bands         the band figure (``train`` + ``distill`` + terms + report/band_figure)
+probe         the low-pass probe of a run (``train`` + ``distill`` + terms + probe)
 ============  ====================================================================================
 
 Not in any fingerprint, since they cannot change a number: the CLI (argument parsing and help
@@ -36,7 +37,8 @@ PACKAGE = Path(__file__).resolve().parent
 DATA_CODE = ("classes", "data/camvid", "data/synthetic", "data/prepare", "data/folds")
 TRAIN_CODE = ("classes", "data/prepare", "data/folds", "data/augment", "models/*", "engine/*")
 DISTILL_CODE = ("distill/*", "terms")
-REPORT_CODE = ("classes", "runs", "report/aggregate", "report/stats", "report/markdown", "report/plots")
+REPORT_CODE = ("classes", "runs", "report/aggregate", "report/stats", "report/markdown", "report/plots",
+               "report/power", "report/strength", "report/lowpass")
 
 # Modules that jobs import but whose code cannot change their numbers (tests/test_fingerprint.py checks
 # that every segkd module a job imports is in its kind's fingerprint or here, with the reason).
@@ -63,7 +65,7 @@ NOT_NUMERIC_FOR_TRAINING = {
 
 def not_numeric(kind: str) -> dict[str, str]:
     """Module -> why it cannot change the numbers of a job of `kind` although the job imports it."""
-    if kind in ("train", "student", "bands"):
+    if kind in ("train", "student", "bands", "probe"):
         return {**NOT_NUMERIC, **NOT_NUMERIC_FOR_TRAINING}
     return dict(NOT_NUMERIC)
 
@@ -74,6 +76,7 @@ JOB_CODE: dict[str, tuple[str, ...]] = {
     "student": TRAIN_CODE + DISTILL_CODE,
     "report": REPORT_CODE,
     "bands": TRAIN_CODE + DISTILL_CODE + ("report/band_figure", "report/plots"),
+    "probe": TRAIN_CODE + DISTILL_CODE + ("probe",),
 }
 
 

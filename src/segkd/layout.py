@@ -10,6 +10,7 @@ DATA = Path("data")
 RUNS = Path("runs")
 RESULTS = Path("results")
 LOGS = Path("logs")
+PROBES = RESULTS / "probe"  # the low-pass probe tables of the runs (`segkd probe`), read by the report
 
 # The files of one run directory. partial.pt holds the periodic checkpoints of a run in progress;
 # checkpoint.pt is written once, at the end: workflow managers delete a failed job's declared
@@ -35,6 +36,11 @@ def teacher_dir(teacher: str, fold: int) -> Path:
 def student_dir(teacher: str | None, method: str, seed: int, fold: int) -> Path:
     """The no-KD baseline has no teacher: runs/students/none/baseline/seed{s}/fold{f}."""
     return RUNS / "students" / (teacher or "none") / method / f"seed{seed}" / f"fold{fold}"
+
+
+def probe_table(run_dir: str | Path, probes: Path = PROBES) -> Path:
+    """A run's low-pass probe table (`segkd probe`): results/probe/<run directory below runs/>.csv."""
+    return probes / Path(run_dir).relative_to(RUNS).with_suffix(".csv")
 
 
 def log_file(run_dir: str | Path) -> Path:

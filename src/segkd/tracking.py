@@ -1,12 +1,25 @@
 """MLflow tracking: the only module in segkd that imports mlflow (import it only where you log).
 
-One MLflow experiment per study; its runs form a tree, so the UI groups them the way the study does::
+One MLflow experiment per study (kind "custom_model_development": a training experiment, not a GenAI
+one); its runs form a tree, so the UI groups them the way the study does, with names that stay
+readable in a narrow column (the teacher is in the parent's name and in every run's tags)::
 
-    <study>                         tag segkd.node = "study"
+    <study>                         tag segkd.node = "study"; the report, its plots, the headline metrics
     ├── teachers                    tag segkd.node = "teachers"
-    │   └── segformer_b2/fold0      a teacher job (tags role, teacher, fold, ...)
-    └── segformer_b2/kd             tag segkd.node = "method:segformer_b2/kd"   (baseline: "method:none/baseline")
-        └── segformer_b2/kd/seed0/fold0   a student job
+    │   └── segformer_b2 · fold0    a teacher job (tags role, teacher, fold, ...)
+    └── kd · segformer_b2           tag segkd.node = "method:segformer_b2/kd"   (baseline: "method:none/baseline")
+        └── kd · seed0 · fold0      a student job; its parent holds the method's summary metrics
+
+Scale: MLflow shows mIoU, mPA, aAcc and ``iou.<Class>`` in percent, as every report table does;
+metrics.json keeps them as fractions.
+
+Every run names what produced it: ``segkd.spec`` (the short hash of its run spec), MLflow's
+``mlflow.source.git.commit`` (in a git checkout) and ``segkd.dvc_experiment`` (under ``dvc exp run``).
+A run replaced by a later run of the same job (same study, role, teacher, method, seed and fold) or a
+study run replaced by a later aggregate of other results is tagged ``segkd.current = false`` and
+``segkd.replaced_by = <run id>``, and soft-deleted: MLflow's default view (State: Active) then shows the
+current study alone, and its "Deleted" state lists the history, whole (params, metrics, artifacts), until
+``mlflow gc`` purges it. Tags alone would leave every view mixed until the user types a filter.
 
 Jobs run in separate processes (Snakemake, Slurm), so two things must not race:
 - the store's schema: the first use of a fresh SQLite store by several processes at once corrupts it.
@@ -22,10 +35,14 @@ The store defaults to ``sqlite:///<cwd>/mlflow.db``; artifacts go to ``mlruns/``
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import importlib
 import json
 import logging
+import math
 import os
+import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,7 +53,7 @@ import mlflow  # noqa: F401  (the one place segkd depends on MLflow)
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, ViewType
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 if TYPE_CHECKING:
     from segkd.config import Study
@@ -45,6 +62,13 @@ log = logging.getLogger(__name__)
 
 NODE_TAG = "segkd.node"
 STUDY_NODE, TEACHERS_NODE = "study", "teachers"
+SPEC_TAG, CURRENT_TAG, REPLACED_BY_TAG = "segkd.spec", "segkd.current", "segkd.replaced_by"
+RESULTS_TAG, DVC_EXPERIMENT_TAG = "segkd.results", "segkd.dvc_experiment"
+JOB_TAGS = ("study", "role", "model", "teacher", "method", "seed", "fold")  # what makes two runs one job's
+# MLflow 3's UI reads an experiment's kind from this tag (mlflow.utils.mlflow_tags has no constant for it);
+# "custom_model_development" is its "Machine learning" kind, whose experiment page opens on the runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+SCALED = ("mIoU", "mPA", "aAcc")  # fractions in metrics.json, percent in MLflow (and in the report)
 LOCK_TIMEOUT_S = 600
 PARAMS_PER_BATCH = 100  # MLflow's log_batch limit for params
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
@@ -81,7 +105,14 @@ def _store_lock(uri: str):
     if db is None:
         return contextlib.nullcontext()
     db.parent.mkdir(parents=True, exist_ok=True)
-    return filelock.FileLock(str(db) + ".lock", timeout=LOCK_TIMEOUT_S)
+    return _lock_file(str(db) + ".lock")
+
+
+@functools.cache
+def _lock_file(path: str) -> filelock.FileLock:
+    """One lock object per lock file and process: a `FileLock` is re-entrant for its own holder, so a
+    locked section may call another (aggregate's study-run swap finds the study node under the lock)."""
+    return filelock.FileLock(path, timeout=LOCK_TIMEOUT_S)
 
 
 def _is_database(uri: str) -> bool:
@@ -114,12 +145,17 @@ def _client(uri: str) -> MlflowClient:
 
 
 def _ensure_experiment(client: MlflowClient, study: str, uri: str) -> str:
+    """The study's experiment, created as a training experiment (its kind tag) if it does not exist;
+    one made before segkd set the kind gets it, so that it too opens on its runs."""
     exp = client.get_experiment_by_name(study)
     if exp is None:
-        return client.create_experiment(study, artifact_location=_artifact_location(uri))
+        return client.create_experiment(study, artifact_location=_artifact_location(uri),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     if exp.lifecycle_stage == "deleted":
         log.warning("MLflow experiment %r was deleted in %s; restoring it", study, uri)
         client.restore_experiment(exp.experiment_id)
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
 
 
@@ -180,8 +216,12 @@ def ensure_parent(experiment: str, name: str, tags: Mapping[str, str], parent_id
         return run.info.run_id
 
 
+def _study_tags(study: str) -> dict[str, str]:
+    return {NODE_TAG: STUDY_NODE, "study": study, CURRENT_TAG: "true"}
+
+
 def _study_node(experiment: str, study: str, uri: str) -> str:
-    return ensure_parent(experiment, study, {NODE_TAG: STUDY_NODE, "study": study}, uri=uri)
+    return ensure_parent(experiment, study, _study_tags(study), uri=uri)
 
 
 def _teachers_node(experiment: str, study: str, uri: str) -> str:
@@ -190,10 +230,13 @@ def _teachers_node(experiment: str, study: str, uri: str) -> str:
 
 
 def _method_node(experiment: str, study: str, teacher: str | None, method: str, uri: str) -> str:
+    """A method's node, named method first (``kd · segformer_b2``; the baseline: ``baseline``) so that
+    a narrow name column still tells the methods apart."""
     root = _study_node(experiment, study, uri)
-    label = f"{teacher or 'none'}/{method}"
-    tags = {NODE_TAG: f"method:{label}", "study": study, "teacher": teacher or "none", "method": method}
-    return ensure_parent(experiment, label, tags, root, uri=uri)
+    name = method if teacher is None else f"{method} · {teacher}"
+    tags = {NODE_TAG: f"method:{teacher or 'none'}/{method}", "study": study, "teacher": teacher or "none",
+            "method": method}
+    return ensure_parent(experiment, name, tags, root, uri=uri)
 
 
 def init_study(study: "Study", uri: str | None = None) -> str:
@@ -219,12 +262,17 @@ def _param_value(value: Any) -> str:
 def flatten_params(spec: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested run spec -> flat MLflow params: ``{"train": {"lr": 6e-4}}`` -> ``{"train.lr": "0.0006"}``.
 
-    Strings stay as they are; numbers, booleans, None (``null``) and lists are written as JSON.
+    Strings stay as they are; numbers, booleans and lists are written as JSON. A key whose value is
+    None (no pretrained file, no crop, the default tracking URI) is left out: MLflow shows a param
+    it lacks as an empty cell, which reads as "not set", while a string "null" reads as a value. The
+    whole spec, nulls included, stays in metrics.json and in the run's ``segkd.spec`` hash.
     A method's terms are nested dicts too: ``terms.kd.weight``. An empty dict is kept as ``{}``.
     """
     flat: dict[str, str] = {}
     for key, value in spec.items():
         name = f"{prefix}{key}"
+        if value is None:
+            continue
         if isinstance(value, Mapping) and value:
             flat.update(flatten_params(value, prefix=f"{name}."))
         else:
@@ -242,9 +290,55 @@ def _run_tags(spec: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _run_name(spec: Mapping[str, Any]) -> str:
+    """``kd · seed0 · fold0`` (the teacher is in the parent's name), ``segformer_b2 · fold0`` for a
+    teacher: what tells siblings apart comes first and fits a narrow column; sorted by name, a
+    method's runs line up by seed, then fold."""
     if spec["role"] == "teacher":
-        return f"{spec['model']}/fold{spec['fold']}"
-    return f"{spec.get('teacher') or 'none'}/{spec['method']}/seed{spec['seed']}/fold{spec['fold']}"
+        return f"{spec['model']} · fold{spec['fold']}"
+    return f"{spec['method']} · seed{spec['seed']} · fold{spec['fold']}"
+
+
+@functools.cache
+def _git_commit(cwd: str) -> str | None:
+    """HEAD of the git checkout at `cwd` (None outside one, or without git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _provenance() -> dict[str, str]:
+    """What produced this process's runs: the git commit of the working directory (MLflow's own tag,
+    so its UI shows it as the run's source version) and, under ``dvc exp run``, the DVC experiment's
+    name (DVC sets ``DVC_EXP_NAME`` for the stages it runs)."""
+    tags = {}
+    commit = _git_commit(os.getcwd())
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+    if os.environ.get("DVC_EXP_NAME"):
+        tags[DVC_EXPERIMENT_TAG] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def _replace(client: MlflowClient, old: Iterable[str], new: str) -> list[str]:
+    """Mark the runs `old` replaced by run `new` and soft-delete them (see the module doc). Returns them."""
+    replaced = [run_id for run_id in old if run_id != new]
+    for run_id in replaced:
+        client.set_tag(run_id, CURRENT_TAG, "false")
+        client.set_tag(run_id, REPLACED_BY_TAG, new)
+        client.delete_run(run_id)
+    return replaced
+
+
+def _replace_earlier_runs(client: MlflowClient, experiment: str, tags: Mapping[str, str], new: str) -> list[str]:
+    """Replace the active runs of the same job as run `new` (same `JOB_TAGS`) by it."""
+    if any("'" in tags[k] for k in JOB_TAGS):
+        raise ValueError(f"a job tag cannot contain a quote: {[tags[k] for k in JOB_TAGS]}")
+    same_job = " and ".join(f"tags.`{k}` = '{tags[k]}'" for k in JOB_TAGS)
+    earlier = client.search_runs([experiment], filter_string=same_job, run_view_type=ViewType.ACTIVE_ONLY,
+                                 max_results=1000)
+    return _replace(client, (r.info.run_id for r in earlier), new)
 
 
 # -------------------------------------------------------------------------------------- job runs
@@ -253,11 +347,15 @@ def start_run_for(spec: Mapping[str, Any], *, run_id: str | None = None, uri: st
     """Open the MLflow run of one training job (a run spec from `Study.run_spec`).
 
     A new run is created under its node (teacher runs under "teachers", students under their
-    method), tagged with role, model, teacher, method, seed, fold, dataset and study, with the
-    spec flattened into params. Resuming an interrupted job: pass the `run_id` it had; that run
-    is reopened (status RUNNING) instead of creating a second one. The tracking URI is `uri`,
-    else the spec's ``tracking_uri``, else the default (see `resolve_uri`).
+    method), tagged with role, model, teacher, method, seed, fold, dataset and study, its spec's
+    hash and its provenance (git commit, DVC experiment), with the spec flattened into params; the
+    earlier runs of the same job are marked replaced by it (see the module doc). Resuming an
+    interrupted job: pass the `run_id` it had; that run is reopened (status RUNNING) instead of
+    creating a second one. The tracking URI is `uri`, else the spec's ``tracking_uri``, else the
+    default (see `resolve_uri`).
     """
+    from segkd.config import spec_hash
+
     uri = resolve_uri(uri or spec.get("tracking_uri"))
     experiment = init_store(uri, spec["study"])
     client = _client(uri)
@@ -277,8 +375,10 @@ def start_run_for(spec: Mapping[str, Any], *, run_id: str | None = None, uri: st
         parent = _teachers_node(experiment, spec["study"], uri)
     else:
         parent = _method_node(experiment, spec["study"], spec.get("teacher"), spec["method"], uri)
-    tags = {**_run_tags(spec), MLFLOW_PARENT_RUN_ID: parent}
+    tags = {**_run_tags(spec), SPEC_TAG: spec_hash(dict(spec)), CURRENT_TAG: "true", **_provenance(),
+            MLFLOW_PARENT_RUN_ID: parent}
     run = client.create_run(experiment, run_name=_run_name(spec), tags=tags)
+    _replace_earlier_runs(client, experiment, tags, run.info.run_id)
     params = [Param(k, v) for k, v in flatten_params(spec).items()]
     for i in range(0, len(params), PARAMS_PER_BATCH):
         client.log_batch(run.info.run_id, params=params[i:i + PARAMS_PER_BATCH])
@@ -339,10 +439,12 @@ class RunLogger:
     def log_final(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log the evaluation scores of a metrics.json dict: mIoU, mPA, aAcc (and wall time,
         images/s when present) and per-class IoU as ``iou.<Class>`` (classes without a score,
-        None, are skipped). Step defaults to the dict's ``iterations`` (else 0)."""
+        None, are skipped). The scores are fractions there and percent here, as in the report.
+        Step defaults to the dict's ``iterations`` (else 0)."""
         step = int(metrics.get("iterations", 0) if step is None else step)
-        final = {k: metrics[k] for k in self.FINAL_SCALARS if metrics.get(k) is not None}
-        final.update({f"iou.{name}": v for name, v in (metrics.get("iou") or {}).items() if v is not None})
+        final = {k: 100 * metrics[k] if k in SCALED else metrics[k]
+                 for k in self.FINAL_SCALARS if metrics.get(k) is not None}
+        final.update({f"iou.{name}": 100 * v for name, v in (metrics.get("iou") or {}).items() if v is not None})
         self.log_metrics(step, final)
         self.flush()
 
@@ -397,16 +499,121 @@ def is_finished(spec: Mapping[str, Any], run_id: str, *, uri: str | None = None)
 
 
 # ---------------------------------------------------------------------------------------- study
-def log_study_artifacts(study_name: str, paths: Iterable[str | os.PathLike], *, uri: str | None = None,
-                        artifact_path: str | None = None) -> str:
-    """Log the aggregate step's tables and plots (files or directories) to the study's root run.
-    Returns that run's id."""
+def _results_hash(results: Path, files: list[Path]) -> str:
+    """Short content hash of the aggregate's files (names and bytes): equal results, equal hash."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.relative_to(results).as_posix()):
+        h.update(f.relative_to(results).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _method_metrics(entry: Mapping[str, Any]) -> dict[str, float]:
+    """A method's summary (an entry of summary.json, percent) as its node's metrics; its mean is
+    logged as ``mIoU``, the column its student runs fill, so one column compares runs and methods."""
+    metrics = {"mIoU": entry["mIoU_mean"], "mIoU.std": entry["mIoU_std"], "mIoU.ci_low": entry["ci_low"],
+               "mIoU.ci_high": entry["ci_high"], "n_seeds": entry["n_seeds"]}
+    if "delta_vs_baseline" in entry:
+        metrics.update({"delta_mIoU": entry["delta_vs_baseline"], "delta_mIoU.ci_low": entry["delta_ci_low"],
+                        "delta_mIoU.ci_high": entry["delta_ci_high"], "p_holm": entry["p_holm"],
+                        "p_wilcoxon_holm": entry["p_wilcoxon_holm"]})
+    return {k: _number(v) for k, v in metrics.items()}
+
+
+def _headline(summary: Mapping[str, Any], alpha: float) -> tuple[dict[str, float], dict[str, str]]:
+    """The study's headline as the study run's metrics and tags: the baseline's mIoU, the best method
+    (highest mean mIoU) with its Δ and Holm p, and how many methods are significantly above or below
+    the baseline (Holm-adjusted paired t-test at `alpha`, as the report's findings)."""
+    from segkd.config import BASELINE
+
+    methods = [(teacher, method, e) for teacher, entries in summary.items() if teacher != BASELINE
+               for method, e in entries.items()]
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    if BASELINE in summary:
+        metrics["baseline.mIoU"] = _number(summary[BASELINE]["mIoU_mean"])
+    scored = [m for m in methods if m[2].get("mIoU_mean") is not None]
+    if scored:
+        teacher, method, best = max(scored, key=lambda m: m[2]["mIoU_mean"])
+        tags["segkd.best"] = f"{method} · {teacher}"
+        metrics["best.mIoU"] = _number(best["mIoU_mean"])
+        metrics["best.delta_mIoU"] = _number(best.get("delta_vs_baseline"))
+        metrics["best.p_holm"] = _number(best.get("p_holm"))
+    tested = [e for _, _, e in methods if e.get("p_holm") is not None and e["p_holm"] < alpha]
+    metrics["methods.higher"] = float(sum(e["delta_vs_baseline"] > 0 for e in tested))
+    metrics["methods.lower"] = float(sum(e["delta_vs_baseline"] < 0 for e in tested))
+    return metrics, tags
+
+
+def _log_changed(client: MlflowClient, run_id: str, metrics: Mapping[str, float]) -> None:
+    """Log the values of `metrics` the run does not hold yet, at step 0.
+
+    Summaries belong to no training step, so a re-run aggregate logs the same keys again rather than
+    at a new step: the run shows the newest value, the key's history keeps each earlier aggregate's
+    value with its time, and an unchanged re-run logs nothing (no duplicate points)."""
+    held = client.get_run(run_id).data.metrics
+    now = int(time.time() * 1000)
+    changed = [Metric(k, v, now, 0) for k, v in metrics.items()
+               if k not in held or not (held[k] == v or (math.isnan(held[k]) and math.isnan(v)))]
+    if changed:
+        client.log_batch(run_id, metrics=changed)
+
+
+def log_study(study_name: str, results: str | os.PathLike, files: Iterable[str | os.PathLike],
+              summary: Mapping[str, Any], *, alpha: float, uri: str | None = None) -> str:
+    """Log the aggregate step to the study's run tree; returns the study run's id.
+
+    - `files` (the aggregate's outputs, inside `results`) go to the study run at their path relative to
+      `results`, so report.md's links (``plots/miou.png``) resolve in MLflow's artifact view;
+    - `summary` (summary.json's dict: ``{teacher: {method: {...}}, "baseline": {...}}``, percent) goes
+      to the method runs (`_method_metrics`) and its headline to the study run (`_headline`);
+    - the study run is tagged with the results' hash and its provenance. When it already holds other
+      results (an earlier aggregate: new runs, new code), a new study run replaces it: the teachers and
+      method runs move under the new one, and the old one, its report and headline kept, is marked
+      replaced (see the module doc). Re-running on equal results changes nothing.
+    """
+    from segkd.config import BASELINE
+
+    results = Path(results)
+    files = [Path(f) for f in files]
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"study artifact not found: {f}")
     uri = resolve_uri(uri)
     experiment = init_store(uri, study_name)
-    root = _study_node(experiment, study_name, uri)
-    logger = RunLogger(_client(uri), root)
-    for path in paths:
-        if not Path(path).exists():
-            raise FileNotFoundError(f"study artifact not found: {path}")
-        logger.log_artifact(path, artifact_path)
+    client = _client(uri)
+    digest = _results_hash(results, files)
+    with _store_lock(uri):
+        root = _study_node(experiment, study_name, uri)
+        held = client.get_run(root).data.tags.get(RESULTS_TAG)
+        if held is not None and held != digest:
+            new = client.create_run(experiment, run_name=study_name, tags=_study_tags(study_name)).info.run_id
+            client.set_terminated(new, RunStatus.to_string(RunStatus.FINISHED))
+            children = client.search_runs([experiment], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{root}'",
+                                          run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+            for child in children:
+                client.set_tag(child.info.run_id, MLFLOW_PARENT_RUN_ID, new)
+            _replace(client, [root], new)
+            root = new
+    for tag, value in {RESULTS_TAG: digest, **_provenance()}.items():
+        client.set_tag(root, tag, value)
+    logger = RunLogger(client, root)
+    for f in files:
+        folder = f.parent.relative_to(results).as_posix()
+        logger.log_artifact(f, None if folder == "." else folder)
+    headline, tags = _headline(summary, alpha)
+    for tag, value in tags.items():
+        client.set_tag(root, tag, value)
+    _log_changed(client, root, headline)
+    if BASELINE in summary:
+        node = _method_node(experiment, study_name, None, BASELINE, uri)
+        _log_changed(client, node, _method_metrics(summary[BASELINE]))
+    for teacher, entries in summary.items():
+        if teacher == BASELINE:
+            continue
+        for method, entry in entries.items():
+            _log_changed(client, _method_node(experiment, study_name, teacher, method, uri), _method_metrics(entry))
     return root

@@ -28,13 +28,16 @@ rule aggregate:
     input:
         metrics=run_files(),
         bands=BAND_FIGURES,  # not read: `snakemake aggregate` (rule all, DVC's report stage) draws them too
+        probes=PROBE_TABLES,  # the low-pass probe tables (probe.smk), when the study enables the probe
     output:
         runs="results/runs.csv",
         report="results/report.md",
         summary="results/summary.json",
+        summary_table="results/summary.csv",  # DVC's summary plot
+        metrics="results/metrics.json",  # DVC's metrics file
         plots=expand(
             "results/plots/{plot}.png",
-            plot=["miou", "class_deltas", "loss"] + (["sensitivity"] if GRID else []),
+            plot=["miou", "class_deltas", "loss"] + (["sensitivity"] if GRID else []) + (["lowpass"] if PROBE_TABLES else []),
         ),
     params:
         study=json.dumps(STUDY.params, sort_keys=True),

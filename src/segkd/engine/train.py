@@ -8,6 +8,10 @@ augmentation, dropout, drop path) is drawn from seeded generators whose states a
 run killed at any point and resumed ends with exactly the metrics of an uninterrupted run (on CPU; on
 CUDA some kernels, e.g. atomics in upsampling backward, are not bitwise deterministic).
 
+At a few log points a distilled student also weighs its terms (`term_strength`): each weighted term's
+share of the loss and its gradient norm against the task loss's, from gradients taken on the step's own
+graph before its backward, so that nothing the run computes changes.
+
 Why a cohort is free to take: the batch stream (order and augmentation) is drawn from generators
 seeded by seed and fold alone, so every method of a (teacher, seed, fold) sees the same batches, on
 which its teacher computes the same forward. A cohort draws each batch once and runs the teacher once,
@@ -255,6 +259,8 @@ class Member:
     error: Exception | None = None
     status: str = "FAILED"  # of its MLflow run, when the job ends
     watch: FiniteWatch = field(default_factory=lambda: FiniteWatch())  # (defined below)
+    strength_at: frozenset = frozenset()  # the iterations at which its terms are weighed (strength_points)
+    strength: dict | None = None  # what the last weighing found, until its log point records it
 
     @contextlib.contextmanager
     def own_rng(self, swap: bool):
@@ -358,6 +364,65 @@ class FiniteWatch:
                                    f"the last good checkpoint ({kept}) is kept")
 
 
+#: history keys of a term's effective strength: its share of the loss and its gradient-norm ratio
+SHARE, GRAD_RATIO = "share.", "grad_ratio."
+
+
+def strength_points(iterations: int, log_every: int) -> frozenset[int]:
+    """The log points at which a student's terms are weighed against its task loss: the first one and
+    the first at or after each quarter of the schedule (at most five, whatever the schedule's length,
+    so the cost of the extra backward passes stays a few steps' worth)."""
+    def log_point(i: int) -> int:
+        return min(iterations, math.ceil(i / log_every) * log_every)
+
+    return frozenset(log_point(max(1, math.ceil(iterations * q / 4))) for q in range(5))
+
+
+class SavedCopies(torch.autograd.graph.saved_tensors_hooks):
+    """Saved-tensor hooks under which a step's graph can be walked backward more than once without
+    touching what its real backward reads.
+
+    A backward may overwrite what it saved (the frequency loss's hand-written backward scales its
+    saved sign in place), so a second walk of the same graph would fail or read altered values.
+    While `copying`, every saved tensor is handed out as a copy; once the measurement is done the
+    step's own backward reads the tensors the forward saved, as it does without the measurement.
+    """
+
+    def __init__(self):
+        self.copying = True
+        super().__init__(lambda t: t, lambda t: t.clone() if self.copying else t)
+
+
+def term_strength(model: torch.nn.Module, terms: dict, scaler: torch.amp.GradScaler,
+                  copies: SavedCopies) -> dict[str, torch.Tensor]:
+    """What each weighted distillation term meant in this step: its share of the total loss, and the
+    ratio of its gradient norm to the task loss's over the student's parameters.
+
+    A weight means nothing across losses of different normalisations (the same KD is used at 1.0
+    and at 0.01); these two numbers say what it did. Gradients come from `torch.autograd.grad`, which
+    leaves `.grad`, the optimiser, the generators and the BN statistics alone, before the step's own
+    backward (`copies`: the graph the forward built under it). Losses are scaled as the step scales
+    them (fp16), so no gradient underflows that the step's does not; the ratio does not see the scale.
+    Kept on the device: read at the log point.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grad_norm(loss: torch.Tensor) -> torch.Tensor:
+        grads = torch.autograd.grad(scaler.scale(loss), params, retain_graph=True, allow_unused=True,
+                                    materialize_grads=True)
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+    total = sum(terms.values()).detach()
+    task = grad_norm(terms["task"])
+    out = {}
+    for name, value in terms.items():
+        if name != "task":
+            out[SHARE + name] = value.detach() / total
+            out[GRAD_RATIO + name] = grad_norm(value) / task
+    copies.copying = False
+    return out
+
+
 def optimise(state: TrainingState, terms: dict) -> torch.Tensor:
     """One optimiser step on the sum of the loss terms; the loss (its finiteness: FiniteWatch)."""
     loss = sum(terms.values())
@@ -368,14 +433,20 @@ def optimise(state: TrainingState, terms: dict) -> torch.Tensor:
     return loss
 
 
-def train(spec: dict, out: str | Path, *, replace_stale: bool = False) -> dict:
+def train(spec: dict, out: str | Path, *, replace_stale: bool = False, strength: bool = True) -> dict:
     """Run `spec` in directory `out` (resuming from its checkpoint if present); return the metrics."""
-    return train_cohort([spec], [out], replace_stale=replace_stale)[0]
+    return train_cohort([spec], [out], replace_stale=replace_stale, strength=strength)[0]
 
 
-def train_cohort(specs: list[dict], outs: list[str | Path], *, replace_stale: bool = False) -> list[dict]:
+def train_cohort(specs: list[dict], outs: list[str | Path], *, replace_stale: bool = False,
+                 strength: bool = True) -> list[dict]:
     """Train the runs `specs` (one teacher, seed and fold; see check_cohort) in directories `outs`
-    together, each resuming from its own checkpoint; return their metrics, in order."""
+    together, each resuming from its own checkpoint; return their metrics, in order.
+
+    `strength`: a distilled student weighs its terms at `strength_points` (`term_strength`, recorded in
+    its history). It changes no number of the run, so it is no part of a run spec; it is off under
+    `train.compile`, whose compiled graphs are not walked backward twice here.
+    """
     check_cohort(specs)
     cfg = specs[0]["train"]
     device = resolve_device(cfg["device"])
@@ -386,8 +457,10 @@ def train_cohort(specs: list[dict], outs: list[str | Path], *, replace_stale: bo
     augment = Augment(scale=tuple(cfg["augment"]["scale"]), flip=cfg["augment"]["flip"],
                       photometric=cfg["augment"]["photometric"], crop=cfg.get("crop"))
     iterations, swap = specs[0]["iterations"], len(members) > 1
+    weighed = strength_points(iterations, cfg["log_every"]) if strength and not cfg.get("compile") else frozenset()
     for i, m in enumerate(members):
         m.progress = Progress(iterations, m.start, m.name, cfg["log_every"], position=i)
+        m.strength_at = weighed if m.state.distill is not None else frozenset()
     try:
         lead = min(members, key=lambda m: m.start)  # the batch stream stands where it stands
         tic, window_images = time.perf_counter(), 0
@@ -445,7 +518,11 @@ def cohort_step(active: list[Member], x, y, teacher, precision: str, iteration: 
     t_out = teacher_forward(teacher, x, taps, precision) if taps else None
     for m in active:
         with m.own_rng(swap):
-            terms = student_losses(m.state.model, x, y, precision, t_out, m.state.distill)
+            copies = SavedCopies() if iteration in m.strength_at else None
+            with copies or contextlib.nullcontext():
+                terms = student_losses(m.state.model, x, y, precision, t_out, m.state.distill)
+            if copies is not None:
+                m.strength = term_strength(m.state.model, terms, m.state.scaler, copies)
             loss = optimise(m.state, terms)
             m.state.scheduler.step_update(iteration)
             m.watch.record(iteration, loss, terms)
@@ -508,6 +585,9 @@ def log_point(m: Member, done: int, seconds: float, images: int) -> None:
     loss, terms = m.last
     record = {"iteration": done, "lr": m.state.optimizer.param_groups[0]["lr"], "loss": loss.item(),
               **{k: v.item() for k, v in terms.items()}, "images_per_s": images / seconds}
+    if m.strength is not None:  # weighed in this very step (strength points are log points)
+        record.update({k: v.item() for k, v in m.strength.items()})
+        m.strength = None
     m.history.append(record)
     if m.tracker:
         m.tracker.log_history([record])
@@ -562,5 +642,15 @@ def confusion_plot(result: dict, out: Path) -> Path:
     """The run's confusion matrix as a figure (an MLflow artifact; not a result: nothing depends on it)."""
     from segkd.report import plots
 
-    title = f"{result['model']} {result['method'] or ''} fold{result['fold']}"
-    return plots.confusion_matrix(result["confusion"], title, path=out / layout.CONFUSION_PLOT)
+    return plots.confusion_matrix(result["confusion"], confusion_title(result), path=out / layout.CONFUSION_PLOT)
+
+
+def confusion_title(result: dict) -> str:
+    """What the figure is of, read alone: model, role (teacher, baseline, or method and teacher), seed, fold."""
+    if result["role"] == "teacher":
+        who = f"{result['model']} teacher"
+    elif result["teacher"] is None:
+        who = f"{result['model']} {result['method']} (no teacher)"
+    else:
+        who = f"{result['model']} {result['method']} from {result['teacher']}"
+    return f"{who}, seed {result['seed']}, fold {result['fold']}"

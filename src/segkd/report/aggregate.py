@@ -24,15 +24,18 @@ from segkd import layout
 from segkd.classes import CLASS_NAMES
 from segkd.config import BASELINE, STUDENT_ROLE, Study, spec_changes, spec_json
 from segkd.errors import UserError
-from segkd.report import markdown, plots, stats
+from segkd.report import lowpass, markdown, plots, power, stats, strength
 from segkd.runs import Run, expected_runs
 
 SHOWN_MISSING = 5  # missing (or stale) runs named in the error message; the rest are counted
 SHOWN_DIFFS = 3  # differing spec keys named for a stale run
 PLOTS = "plots"  # the figures' folder inside `out` (a DVC output of its own)
 FIGURES = {"miou": f"{PLOTS}/miou.png", "class_deltas": f"{PLOTS}/class_deltas.png", "loss": f"{PLOTS}/loss.png",
-           "sensitivity": f"{PLOTS}/sensitivity.png"}
+           "sensitivity": f"{PLOTS}/sensitivity.png", "lowpass": f"{PLOTS}/lowpass.png"}
+LOWPASS = "lowpass.csv"  # written only when the study enables the low-pass probe, like its figure
 SENSITIVITY = "sensitivity.csv"  # written only when the study has a method grid, like its figure
+DVC_METRICS = "metrics.json"  # DVC's metrics file: the few numbers `dvc exp show` compares (summary.json has all)
+STRENGTH = "strength.csv"  # written only when a student run measured its terms' strength
 
 
 def _number(value, path: Path, key: str) -> float:
@@ -74,7 +77,9 @@ def read_metrics(path: Path, run: Run) -> tuple[dict, list[dict], dict | None]:
         raise UserError(f"{path}: history: expected a list of objects")
     losses = [{"teacher": run.teacher, "method": run.method, "role": run.role, "seed": run.seed,
                "fold": run.fold, "iteration": int(_number(h.get("iteration"), path, "history.iteration")),
-               "loss": _number(h["loss"], path, "history.loss")} for h in history if "loss" in h]
+               "loss": _number(h["loss"], path, "history.loss"),
+               **{k: _number(h[k], path, f"history.{k}") for k in strength.measured(h)}}
+              for h in history if "loss" in h]
     params = metrics.get("params")
     return row, losses, params if isinstance(params, dict) else None
 
@@ -132,7 +137,8 @@ def load_runs(study: Study, runs: Path, allow_missing: bool = False, exclude_sta
     if not rows:
         raise UserError(f"{runs}: none of the study's {len(expected)} runs has a metrics.json of its "
                         f"current spec ({len(missing)} missing, {len(stale)} stale)")
-    history = pd.DataFrame(losses, columns=["teacher", "method", "role", "seed", "fold", "iteration", "loss"])
+    columns = ["teacher", "method", "role", "seed", "fold", "iteration", "loss"]
+    history = pd.DataFrame(losses, columns=columns + sorted({k for h in losses for k in strength.measured(h)}))
     table = pd.DataFrame(rows)
     table["iterations"] = table["iterations"].astype("Int64")
     return table, history, missing, stale
@@ -153,7 +159,7 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _summary_json(summary: pd.DataFrame, tests: pd.DataFrame) -> dict:
-    """The DVC metrics file: {teacher: {method: {...}}, "baseline": {...}} in percent; NaN -> null."""
+    """The full summary: {teacher: {method: {...}}, "baseline": {...}} in percent; NaN -> null."""
     def num(v, places=4):
         return None if pd.isna(v) else round(float(v), places)
 
@@ -180,19 +186,46 @@ def _summary_json(summary: pd.DataFrame, tests: pd.DataFrame) -> dict:
     return out
 
 
-def _log_to_mlflow(study: Study, paths: list[Path]) -> None:
-    """Attach the report to the study's MLflow experiment (the tracking module owns MLflow)."""
-    from segkd.tracking import log_study_artifacts
+def _dvc_metrics(summary: pd.DataFrame, tests: pd.DataFrame) -> dict:
+    """DVC's metrics file, {"baseline": {"mIoU"}, teacher: {method: {"mIoU", "delta", "p_holm"}}}: the
+    numbers that tell experiments apart, as the report prints them (points to two decimals), so that
+    `dvc exp show` has one readable column each; intervals and the other tests stay in summary.json.
+    mIoU is the mean over seeds, delta the mean paired difference to the baseline, p_holm the paired
+    t-test's Holm-corrected p-value; an undefined value is null, which DVC leaves out."""
+    def points(v):
+        return None if pd.isna(v) else round(float(v), 2)
 
-    log_study_artifacts(study.name, paths, uri=study.params.get("tracking", {}).get("uri"))
+    tested = {(r.teacher, r.method): r for r in tests.itertuples()}
+    out: dict = {}
+    for r in summary.itertuples():
+        entry = {"mIoU": points(r.mIoU_mean)}
+        if r.method == BASELINE:
+            out[BASELINE] = entry
+            continue
+        t = tested.get((r.teacher, r.method))
+        if t is not None:
+            entry.update(delta=points(t.delta), p_holm=None if pd.isna(t.p_t_holm) else float(f"{t.p_t_holm:.3g}"))
+        out.setdefault(r.teacher, {})[r.method] = entry
+    return out
+
+
+def _log_to_mlflow(study: Study, out: Path, paths: list[Path], summary: dict) -> None:
+    """Log the report (files under `out`, at their paths relative to it) and the summary
+    (`_summary_json`) to the study's MLflow runs (the tracking module owns MLflow)."""
+    from segkd.tracking import log_study
+
+    log_study(study.name, out, paths, summary, alpha=stats.ALPHA, uri=study.params.get("tracking", {}).get("uri"))
 
 
 def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS, *,
               allow_missing: bool = False, exclude_stale: bool = False,
-              log_to_mlflow: bool = True) -> dict[str, Path]:
-    """Write runs.csv, per_class_{teacher}.md/.csv, summary.md/.csv/.json, paired_tests.csv,
-    class_deltas.csv, plots/*.png and report.md into `out`, and sensitivity.csv with
-    plots/sensitivity.png when a method has a grid; returns {path relative to out: path}."""
+              log_to_mlflow: bool = True, probes: Path = layout.PROBES) -> dict[str, Path]:
+    """Write runs.csv, per_class_{teacher}.md/.csv, summary.md/.csv/.json, metrics.json, paired_tests.csv,
+    class_deltas.csv, power.csv, plots/*.png and report.md into `out`, strength.csv when a student
+    recorded its terms' strength, and sensitivity.csv with
+    plots/sensitivity.png when a method has a grid, and lowpass.csv with plots/lowpass.png from the
+    probe tables under `probes` when the study enables the low-pass probe; returns {path relative to
+    out: path}."""
     runs, out = Path(runs), Path(out)
     table, history, missing, stale = load_runs(study, runs, allow_missing, exclude_stale)
     for path, reason in stale:
@@ -204,6 +237,15 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
     curves = stats.loss_curves(history[history["role"] == STUDENT_ROLE])
     variants = study.variants
     sens = stats.sensitivity(summary, tests, variants, study.teachers)
+    powers = power.power_table(table, tests, len(study.folds), study.params["report"]["target_delta"])
+    strengths = strength.strength_table(history, variants, study.teachers)
+    counted = set(table["run_dir"])
+    probed = lowpass.probed_runs(study, [r for r in expected_runs(study) if r.dir.as_posix() in counted])
+    probe_rows, missing_probes = lowpass.load_tables(study, probed, Path(probes), allow_missing)
+    for path in missing_probes:
+        print(f"segkd aggregate: warning: probe table missing, left out: {path}", file=sys.stderr)
+    low_curves = lowpass.curves(probe_rows)
+    keep = lowpass.keep_ratios(low_curves)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -215,22 +257,30 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
         _write_csv(summary, tmp / "summary.csv", ".3f", {"mIoU_std": ".4f"})
         _write_text(tmp / "summary.md", markdown.summary(summary))
         _write_text(tmp / "summary.json", json.dumps(_summary_json(summary, tests), indent=2, sort_keys=True) + "\n")
+        _write_text(tmp / DVC_METRICS, json.dumps(_dvc_metrics(summary, tests), indent=2) + "\n")
         p_values = {p: ".4g" for p in tests.columns if p.startswith("p_")}
         _write_csv(tests, tmp / "paired_tests.csv", ".3f", p_values)
         _write_csv(deltas, tmp / "class_deltas.csv", ".2f")
         if len(sens):
             _write_csv(sens, tmp / SENSITIVITY, ".3f", {"p_t_holm": ".4g"})
+        _write_csv(powers, tmp / "power.csv", ".3f", {"sd_delta": ".4f"})
+        if len(strengths):
+            _write_csv(strengths, tmp / STRENGTH, ".4g")
+        if len(low_curves):
+            _write_csv(low_curves.merge(keep[["teacher", "method", "ratio_95"]], on=["teacher", "method"]),
+                       tmp / LOWPASS, ".3f", {"kept": ".4f", "ratio": "g", "ratio_95": "g"})
         (tmp / PLOTS).mkdir()
         seeds = stats.students(stats.fold_means(table))
         drawn = {"miou": plots.miou(summary, seeds, path=tmp / FIGURES["miou"]),
                  "class_deltas": plots.class_deltas(deltas, path=tmp / FIGURES["class_deltas"]),
                  "loss": plots.loss_curves(curves, path=tmp / FIGURES["loss"]),
-                 "sensitivity": plots.sensitivity(sens, variants, summary, path=tmp / FIGURES["sensitivity"])}
+                 "sensitivity": plots.sensitivity(sens, variants, summary, path=tmp / FIGURES["sensitivity"]),
+                 "lowpass": plots.lowpass(low_curves, path=tmp / FIGURES["lowpass"])}
         report = markdown.report(study, table, summary, tests, deltas, per_class,
                                  {k: FIGURES[k] for k, p in drawn.items() if p is not None},
                                  missing=[p.as_posix() for p in missing], expected=len(expected_runs(study)),
                                  stale=[(p.as_posix(), reason) for p, reason in stale],
-                                 sens=sens)
+                                 sens=sens, power=powers, strength=strengths, lowpass=(low_curves, keep))
         _write_text(tmp / "report.md", report)
         (out / PLOTS).mkdir(parents=True, exist_ok=True)
         written = {}
@@ -238,11 +288,11 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
             name = f.relative_to(tmp).as_posix()
             os.replace(f, out / name)
             written[name] = out / name
-        for name in [*FIGURES.values(), SENSITIVITY]:  # what this run did not write must not outlive it
+        for name in [*FIGURES.values(), SENSITIVITY, STRENGTH, LOWPASS]:  # what this run did not write must not outlive it
             if name not in written:
                 (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if log_to_mlflow:
-        _log_to_mlflow(study, list(written.values()))
+        _log_to_mlflow(study, out, list(written.values()), _summary_json(summary, tests))
     return written

@@ -234,3 +234,52 @@ def confusion_matrix(confusion, title: str = "") -> Figure:
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     return fig
+
+
+def _model_label(teacher: str, method: str, role: str, several_teachers: bool) -> str:
+    if role == "teacher":
+        return f"teacher {teacher}"
+    if method == BASELINE:
+        return "baseline (no KD)"
+    return f"{teacher} / {method}" if several_teachers else method
+
+
+@deterministic
+def lowpass(curves: pd.DataFrame) -> Figure | None:
+    """The low-pass probe (`report.lowpass.curves`): mIoU against the band's ratio with the tapped feature
+    reduced to its low band (left) and to its high band (right), one line per model (teachers dashed,
+    the baseline grey), mean and 95% t-interval band."""
+    if curves.empty:
+        return None
+    distilled = curves[(curves["role"] != "teacher") & (curves["teacher"] != NO_TEACHER)]
+    several = distilled["teacher"].nunique() > 1
+    log_x = bool((curves["ratio"] > 0).all())
+    fig = Figure(figsize=(9.6, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    models = list(dict.fromkeys(zip(curves["teacher"], curves["method"], curves["role"])))
+    for ax, kind in zip(axes, ("low", "high")):
+        colour = 0
+        for teacher, method, role in models:
+            c = curves[(curves["teacher"] == teacher) & (curves["method"] == method) & (curves["pass"] == kind)]
+            c = c.sort_values("ratio")
+            if role == "teacher":
+                style = {"color": "black", "ls": "--"}
+            elif method == BASELINE:
+                style = {"color": BASELINE_COLOUR, "ls": "-"}
+            else:
+                style, colour = {"color": f"C{colour % 10}", "ls": "-"}, colour + 1
+            ax.plot(c["ratio"], c["mIoU_mean"], marker="o", ms=3, lw=1.3, label=_model_label(teacher, method, role, several),
+                    **style)
+            if c["ci_low"].notna().any():
+                ax.fill_between(c["ratio"], c["ci_low"], c["ci_high"], color=style["color"], alpha=0.12, lw=0)
+        if log_x:
+            ax.set_xscale("log")
+        ratios = sorted(curves["ratio"].unique())
+        ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
+        ax.minorticks_off()
+        ax.set_xlabel("ratio (the band's cut-off, as the freq term's)")
+        ax.set_title(f"feature reduced to its {kind} band")
+        ax.grid(color="0.92")
+    axes[0].set_ylabel("mIoU (%), mean and 95% t-interval")
+    axes[1].legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return fig
