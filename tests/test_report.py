@@ -130,7 +130,7 @@ def fake(tmp_path_factory):
 def test_outputs_and_runs_table(fake):
     study, runs, truth, out, written = fake
     names = {"runs.csv", "summary.csv", "summary.md", "summary.json", "metrics.json", "paired_tests.csv", "class_deltas.csv",
-             "power.csv", "report.md", "plots/miou.png", "plots/class_deltas.png", "plots/loss.png"}
+             "power.csv", "report.md", "report.html", "plots/miou.png", "plots/class_deltas.png", "plots/loss.png"}
     names |= {f"per_class_{t}.{ext}" for t in TEACHERS for ext in ("csv", "md")}
     assert set(written) == names == {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     table = pd.read_csv(out / "runs.csv", keep_default_na=False, na_values=[""])
@@ -242,6 +242,21 @@ def test_report_says_which_methods_differ(fake):
     assert "n=6: 0.03125" in report
     for image in ("miou.png", "class_deltas.png", "loss.png"):
         assert f"](plots/{image})" in report and (out / "plots" / image).is_file()
+
+
+def test_report_html_is_the_report_with_its_figures_inlined(fake):
+    """report.html carries report.md's text and tables, and each figure as the PNG itself (a data URI),
+    so it renders where the plots/ folder is out of reach (MLflow's sandboxed HTML view)."""
+    import base64
+    import re
+
+    study, runs, truth, out, _ = fake
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and "<table>" in page and "Paired comparisons" in page
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) == 3 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert {base64.b64decode(s.split(",", 1)[1]) for s in sources} == \
+        {(out / "plots" / name).read_bytes() for name in ("miou.png", "class_deltas.png", "loss.png")}
 
 
 def test_class_deltas_are_paired_means(fake):

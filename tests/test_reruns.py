@@ -1,6 +1,6 @@
-"""What a change re-runs, on a finished tiny study: only edits that can change a job's numbers re-run
-it (segkd.fingerprint), each kind of job on its own code. `snakemake -n` is asked after each edit,
-in a user's clone, and the edit is undone with git afterwards."""
+"""What a change re-runs, on the shared finished study (conftest.finished_study): only edits that can
+change a job's numbers re-run it (segkd.fingerprint), each kind of job on its own code. `snakemake -n`
+is asked after each edit, in a copy of the study, and the edit is undone with git afterwards."""
 
 import ast
 import re
@@ -9,38 +9,21 @@ import subprocess
 import pytest
 import yaml
 
-from workflow_helpers import copy_repo, planned, run, trained
+from workflow_helpers import copy_study, planned, run, trained
 
 pytestmark = pytest.mark.slow
-STUDY = """\
-study: tiny
-dataset: {name: synthetic, height: 32, width: 48, synthetic: {sequences: 4, frames: 8, seed: 0}}
-folds: {strategy: sequence-blocked, k: 2, guard: 1}
-models: {student: segformer_b0, teachers: [segformer_b2]}
-train: {iterations: {teacher: 2, student: 2}, batch_size: 2, lr: 6.0e-4, device: cpu, checkpoint_every: 1,
-        log_every: 1, eval_batch_size: 8}
-seeds: [0]
-teacher_seed: 0
-methods:
-  kd: {kd: {weight: 0.01}}
-tracking: {uri: null, enabled: false}
-"""
 NOTHING: dict = {}
 REPORT = {"aggregate": 1, "all": 1}
-STUDENTS = {"student": 2, **REPORT}
+STUDENTS = {"student": 6, "bands": 2, **REPORT}  # kd and 2 freq variants x 2 folds; a figure per freq variant
 TRAINING = {"teacher": 2, "baseline": 2, **STUDENTS}
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    """A clone of the project with the tiny study (one teacher, kd, one seed, two folds) run to the end,
-    through the GPU workstation profile with 2 pretended GPUs (the runs train on the CPU, as the study
-    says); then planned without it: a profile changes no number, so nothing is to be done."""
-    repo = copy_repo(tmp_path_factory.mktemp("reruns"))
-    (repo / "tiny.yaml").write_text(STUDY)
-    run("git add tiny.yaml && git -c user.email=t@t -c user.name=t commit -qm tiny", repo)
-    run(["snakemake", "--profile", "workflow/profiles/gpu", "--cores", "2", "--configfile", "tiny.yaml",
-         "--config", "gpus=2", "jobs_per_gpu=1", "--resources", "gpu=2"], repo)
+def study(finished_study, tmp_path_factory):
+    """A copy of the finished study (one teacher, kd and 2 freq variants, one seed, two folds), which
+    ran through the GPU workstation profile with 2 pretended GPUs; planned without it: a profile
+    changes no number, so nothing is to be done."""
+    repo = copy_study(finished_study, tmp_path_factory.mktemp("reruns"))
     assert dry_run(repo) == NOTHING
     return repo
 
@@ -48,20 +31,20 @@ def study(tmp_path_factory):
 def test_each_training_job_ran_pinned_to_one_gpu_and_both_were_used(study):
     training = sorted((study / "logs" / "teachers").rglob("*.log")) + sorted((study / "logs" / "students").rglob("*.log"))
     pinned = [re.search(r"\] on GPU (\d) \(slot 1 of 1 there\)", p.read_text()) for p in training]
-    assert len(training) == 6 and all(pinned), [p.read_text()[:300] for p in training]
+    assert len(training) == 10 and all(pinned), [p.read_text()[:300] for p in training]
     assert {m.group(1) for m in pinned} == {"0", "1"}
 
 
 @pytest.fixture
 def clone(study):
-    """The finished study's clone; each test's edits are undone afterwards (file times stay new)."""
+    """The finished study's copy; each test's edits are undone afterwards (file times stay new)."""
     yield study
     run("git checkout -q -- . && git clean -qfd -- src", study)
     assert run("git status --porcelain --untracked-files=no", study).stdout == ""
 
 
 def dry_run(repo) -> dict:
-    return planned(run(["snakemake", "-n", "--configfile", "tiny.yaml"], repo).stdout)
+    return planned(run(["snakemake", "-n"], repo).stdout)
 
 
 def append(repo, module: str, text: str) -> None:
@@ -129,7 +112,7 @@ def test_a_data_change_reruns_the_data_jobs_and_what_reads_them(clone):
     for undo in (False, True):  # the change, then its undoing: neither re-trains anything
         if undo:
             run("git checkout -q -- src", clone)
-        proc = run(["snakemake", "split", "--cores", "2", "--configfile", "tiny.yaml"], clone)
+        proc = run(["snakemake", "split", "--cores", "2"], clone)
         assert "rule prepare" in proc.stderr and dry_run(clone) == NOTHING, proc.stderr[-3000:]
 
 
@@ -139,7 +122,7 @@ def test_cohorts_reuse_finished_students_and_retrain_only_a_changed_method(clone
     weight of one method plans the cohorts again (inside, only that method retrains: test_cohort.py);
     switched off, the student jobs are planned, each of which evaluates its finished checkpoint again.
     No teacher nor baseline re-runs. Last in this module: it leaves the study in another state."""
-    params = yaml.safe_load(STUDY)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
     params["train"]["share_teacher"] = True
     params["methods"]["at"] = {"at": {"weight": 1000.0}}
     study = tmp_path / "cohort.yaml"
@@ -157,8 +140,8 @@ def test_cohorts_reuse_finished_students_and_retrain_only_a_changed_method(clone
     assert [rule for rule, _ in trained(log)] == ["cohort", "cohort"]
     assert checkpoints("kd") == kd
     cohort_log = (clone / "logs/cohorts/segformer_b2/seed0/fold0.log").read_text()
-    assert "[student:segformer_b0/kd/seed0/fold0] resuming from iteration 2" in cohort_log
-    assert "[student:segformer_b0/at/seed0/fold0] it 2/2" in cohort_log
+    assert "[student:segformer_b0/kd/seed0/fold0] resuming from iteration 3" in cohort_log
+    assert "[student:segformer_b0/at/seed0/fold0] it 3/3" in cohort_log
     assert "[student:segformer_b0/kd/seed0/fold0] it" not in cohort_log
     assert planned(snakemake("-n").stdout) == NOTHING
 
@@ -166,4 +149,4 @@ def test_cohorts_reuse_finished_students_and_retrain_only_a_changed_method(clone
     assert planned(snakemake("-n").stdout) == {"cohort": 2, "students": 1}
     params["methods"]["at"]["at"]["weight"] = 1000.0
     params["train"]["share_teacher"] = False
-    assert planned(snakemake("-n").stdout) == {"student": 4, "students": 1}
+    assert planned(snakemake("-n").stdout) == {"student": 8, "students": 1}

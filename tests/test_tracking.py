@@ -110,7 +110,8 @@ def test_student_run_in_the_store_with_params_tags_metrics_and_parents(store, tm
 
 def test_the_experiment_opens_as_a_training_experiment(store):
     """MLflow 3's UI reads the experiment's kind from its mlflow.experimentKind tag; without it the
-    experiment opens in the GenAI view. One created before segkd set the kind gets it too."""
+    experiment opens in the GenAI view (where the UI has the GenAI | Model training switch, the switch
+    decides, and segkd's links set it: test below). One created before segkd set the kind gets it too."""
     _, uri = store
     client = MlflowClient(uri)
     exp = tracking.init_store(uri, "study-kind")
@@ -285,6 +286,45 @@ def test_the_aggregate_logs_summaries_on_the_method_runs_and_its_report_on_the_s
     assert client.get_run(kd.info.run_id).data.metrics["mIoU"] == 34.0
     with pytest.raises(FileNotFoundError):
         tracking.log_study("study-e", results, [results / "missing.md"], SUMMARY, alpha=0.05, uri=uri)
+
+
+def test_the_experiment_holds_segkd_views_whose_filters_find_the_method_and_student_runs(store):
+    """The "segkd methods" and "segkd runs" views (saved views of the run table): their filters are
+    MLflow search filters that find exactly the method runs (with their summaries) and the student runs."""
+    _, uri = store
+    client = MlflowClient(uri)
+    study = Study({"study": "study-v", "models": {"teachers": ["segformer_b2"]}, "methods": {"kd": {}, "at": {}},
+                   "tracking": {"uri": uri}})
+    exp = tracking.init_study(study)
+    with tracking.start_run_for(make_spec("study-v"), uri=uri) as job:
+        job.log_final(FINAL)
+    tags = client.get_experiment(exp).tags
+    views = {key.removeprefix("mlflow.sharedViewState."): tracking._read_view(value)
+             for key, value in tags.items() if key.startswith("mlflow.sharedViewState.")}
+    assert sorted(views) == ["segkd-methods", "segkd-runs"]
+    found = {view: sorted(r.info.run_name for r in client.search_runs([exp], state["searchFilter"]))
+             for view, state in views.items()}
+    assert found == {"segkd-methods": ["at · segformer_b2", "baseline", "kd · segformer_b2"],
+                     "segkd-runs": ["kd · seed0 · fold0"]}
+    assert all(state["orderByKey"] == "tags.`mlflow.runName`" for state in views.values())
+    assert "metrics.`delta_mIoU`" in views["segkd-methods"]["selectedColumns"]
+    assert tracking.study_url(exp).endswith(f"/#/experiments/{exp}/runs?workflowType=machine_learning"
+                                            "&viewStateShareKey=segkd-methods")
+    tracking._ready.clear()
+    tracking.init_study(study)  # views in place: not written again
+    assert client.get_experiment(exp).tags == tags
+
+
+def test_the_installed_mlflow_ui_reads_the_view_and_workflow_formats_segkd_writes():
+    """segkd writes saved views and links in the format of MLflow's UI, which has no public API for
+    them (tracking._write_views, tracking.study_url): fail loudly when the installed UI changes it."""
+    import mlflow
+
+    bundle = "".join(p.read_text(errors="ignore") for p in
+                     (Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js").glob("*.js"))
+    for needle in ('"mlflow.sharedViewState."', '"viewStateShareKey"', '"deflate;"', "selectedColumns",
+                   "orderByKey", "searchFilter", '"workflowType"', '"machine_learning"', "mlflow.runName"):
+        assert needle in bundle, f"MLflow's UI no longer has {needle}: update segkd.tracking's views and study_url"
 
 
 def test_uri_resolution_and_idempotent_init(store, tmp_path, monkeypatch):

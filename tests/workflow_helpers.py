@@ -1,5 +1,6 @@
-"""Helpers of the workflow tests: a user's clone of the project, commands run as a user would, and
-the jobs Snakemake ran or plans, read from its log."""
+"""Helpers of the workflow tests: a user's clone of the project, commands run as a user would, the
+jobs Snakemake ran or plans, read from its log, and one finished study shared by the tests that start
+from one (`finished_study` in conftest.py)."""
 
 import os
 import re
@@ -10,8 +11,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COMMIT = "git add -A && git -c user.email=t@t -c user.name=t commit -qm"
+COMMIT = "git add -A && git -c user.email=t@t -c user.name=t commit -q --allow-empty -m"
 TRAINING = ("teacher", "baseline", "student", "cohort")
+FINISHED_STUDY = "studies/freq_sweep_smoke.yaml"  # the shared finished study's params.yaml
+FINISHED_LOG = "snakemake.log"  # what Snakemake printed while it ran the shared study, beside it
 
 
 def run(cmd, cwd, check=True, venv_on_path=True):
@@ -60,3 +63,26 @@ def trained(log: str) -> list[tuple[str, dict]]:
     return [(rule, wc) for rule, wc in executed_jobs(log) if rule in ("prepare", "split", *TRAINING)]
 
 
+
+
+def build_finished_study(dest: Path) -> Path:
+    """A user's clone whose params.yaml is the smoke method-grid study (a teacher, the baseline, kd and
+    2 freq variants, one seed, two folds), run to the end with `snakemake` through the GPU workstation
+    profile with 2 pretended GPUs (the runs train on the CPU, as the study says; each job's log names
+    its GPU). Snakemake's log is kept beside it (FINISHED_LOG)."""
+    copy_repo(dest)
+    shutil.copy(dest / FINISHED_STUDY, dest / "params.yaml")
+    run("git add -A && git -c user.email=t@t -c user.name=t commit -qm study", dest)
+    proc = run(["snakemake", "--profile", "workflow/profiles/gpu", "--cores", "2", "--config", "gpus=2",
+                "jobs_per_gpu=1", "--resources", "gpu=2"], dest)
+    (dest / FINISHED_LOG).write_text(proc.stdout + proc.stderr)
+    (dest / ".git" / "info" / "exclude").write_text(f"{FINISHED_LOG}\n")
+    return dest
+
+
+def copy_study(study: Path, dest: Path) -> Path:
+    """A copy of the shared finished study for a test module to change, with Snakemake's records, git
+    history and MLflow store. The store records absolute artifact paths, so the artifacts of runs made
+    in a copy land in the shared study's mlruns/, one folder per new run; nothing reads them there."""
+    shutil.copytree(study, dest, symlinks=True, dirs_exist_ok=True)
+    return dest

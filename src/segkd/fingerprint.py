@@ -37,7 +37,7 @@ PACKAGE = Path(__file__).resolve().parent
 DATA_CODE = ("classes", "data/camvid", "data/synthetic", "data/prepare", "data/folds")
 TRAIN_CODE = ("classes", "data/prepare", "data/folds", "data/augment", "models/*", "engine/*")
 DISTILL_CODE = ("distill/*", "terms")
-REPORT_CODE = ("classes", "runs", "report/aggregate", "report/stats", "report/markdown", "report/plots",
+REPORT_CODE = ("classes", "runs", "report/aggregate", "report/stats", "report/markdown", "report/html", "report/plots",
                "report/power", "report/strength", "report/lowpass")
 
 # Modules that jobs import but whose code cannot change their numbers (tests/test_fingerprint.py checks

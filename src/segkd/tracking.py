@@ -34,6 +34,7 @@ The store defaults to ``sqlite:///<cwd>/mlflow.db``; artifacts go to ``mlruns/``
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -44,6 +45,7 @@ import math
 import os
 import subprocess
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +69,7 @@ RESULTS_TAG, DVC_EXPERIMENT_TAG = "segkd.results", "segkd.dvc_experiment"
 JOB_TAGS = ("study", "role", "model", "teacher", "method", "seed", "fold")  # what makes two runs one job's
 # MLflow 3's UI reads an experiment's kind from this tag (mlflow.utils.mlflow_tags has no constant for it);
 # "custom_model_development" is its "Machine learning" kind, whose experiment page opens on the runs.
+# UIs with the sidebar's GenAI | Model training switch (3.17) let the switch decide: see `study_url`.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 SCALED = ("mIoU", "mPA", "aAcc")  # fractions in metrics.json, percent in MLflow (and in the report)
 LOCK_TIMEOUT_S = 600
@@ -149,13 +152,16 @@ def _ensure_experiment(client: MlflowClient, study: str, uri: str) -> str:
     one made before segkd set the kind gets it, so that it too opens on its runs."""
     exp = client.get_experiment_by_name(study)
     if exp is None:
-        return client.create_experiment(study, artifact_location=_artifact_location(uri),
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        experiment = client.create_experiment(study, artifact_location=_artifact_location(uri),
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        _write_views(client, experiment, {})
+        return experiment
     if exp.lifecycle_stage == "deleted":
         log.warning("MLflow experiment %r was deleted in %s; restoring it", study, uri)
         client.restore_experiment(exp.experiment_id)
     if EXPERIMENT_KIND_TAG not in exp.tags:
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    _write_views(client, exp.experiment_id, exp.tags)
     return exp.experiment_id
 
 
@@ -183,6 +189,72 @@ def init_store(uri: str | None = None, study: str | None = None) -> str | None:
             exp_id = _ensure_experiment(client, study, uri)
     _ready[(uri, study)] = exp_id
     return exp_id
+
+
+# ------------------------------------------------------------------------------------ the UI's views
+# Saved run-table views segkd writes on each study's experiment (the UI's "Views" menu; `study_url`).
+# MLflow nests child runs only in its default order (creation time) without a filter, and a saved
+# view does not keep which runs are expanded, so both views are flat and filtered.
+METHODS_VIEW, RUNS_VIEW = "segkd-methods", "segkd-runs"
+VIEWS = {
+    METHODS_VIEW: ("segkd methods", f"tags.`{NODE_TAG}` LIKE 'method:%'",
+                   ("tags.`teacher`", "metrics.`mIoU`", "metrics.`mIoU.ci_low`", "metrics.`mIoU.ci_high`",
+                    "metrics.`delta_mIoU`", "metrics.`p_holm`", "metrics.`n_seeds`")),
+    RUNS_VIEW: ("segkd runs", "tags.role = 'student'",
+                ("tags.`teacher`", "tags.`seed`", "tags.`fold`", "metrics.`mIoU`", "metrics.`mPA`", "metrics.`aAcc`",
+                 "tags.`segkd.spec`")),
+}  # id -> (name, filter, columns); rows sorted by run name: method, then seed, then fold
+UI_HOST = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
+def study_url(experiment: str, host: str = UI_HOST, view: str | None = METHODS_VIEW) -> str:
+    """A study's run table in the MLflow UI (in one of segkd's views, or None: the run tree), on the
+    "Model training" side of MLflow 3's sidebar switch, which in the UIs that have it overrides the
+    experiment's kind tag (and would otherwise open on traces)."""
+    url = f"{host}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+    return url if view is None else f"{url}&viewStateShareKey={view}"
+
+
+def browse_hint(experiment: str, uri: str | None = None) -> str:
+    """One line telling where to browse the study: its server's URL, or how to serve a local store."""
+    uri = resolve_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow: {study_url(experiment, host=uri.rstrip('/'))}"
+    return f"MLflow: `mlflow ui --backend-store-uri {uri}`, then open {study_url(experiment)}"
+
+
+def _view_state(search: str, columns: Iterable[str]) -> dict[str, Any]:
+    return {"searchFilter": search, "orderByKey": "tags.`mlflow.runName`", "orderByAsc": True, "startTime": "ALL",
+            "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+            "selectedColumns": list(columns), "runsHiddenMode": "SHOW_ALL", "groupBy": None}
+
+
+def _write_views(client: MlflowClient, experiment: str, held: Mapping[str, str]) -> None:
+    """Save segkd's views (`VIEWS`) on the experiment, unless it holds them already (`held`: its tags).
+
+    Private format, isolated here: MLflow's UI (3.x) keeps a saved view as the experiment tag
+    ``mlflow.sharedViewState.<id>`` = {"name", "createdAt", "updatedAt", "state": "deflate;" +
+    base64(zlib(page state as JSON))} and opens it with ``?viewStateShareKey=<id>``; no public API
+    writes one. tests/test_tracking.py fails when the installed UI no longer reads this format.
+    """
+    now = int(time.time() * 1000)
+    for view, (name, search, columns) in VIEWS.items():
+        key = f"mlflow.sharedViewState.{view}"
+        state = _view_state(search, columns)
+        if key in held and _read_view(held[key]) == state:
+            continue
+        packed = "deflate;" + base64.b64encode(zlib.compress(json.dumps(state).encode())).decode()
+        client.set_experiment_tag(experiment, key, json.dumps({"name": name, "createdAt": now, "updatedAt": now,
+                                                               "state": packed}))
+
+
+def _read_view(value: str) -> dict[str, Any] | None:
+    """The page state of a saved view's tag value (None if it is not one segkd can read)."""
+    try:
+        packed = json.loads(value)["state"].removeprefix("deflate;")
+        return json.loads(zlib.decompress(base64.b64decode(packed)))
+    except (ValueError, KeyError, TypeError, zlib.error):
+        return None
 
 
 # ---------------------------------------------------------------------------------------- run tree

@@ -1,11 +1,12 @@
 # The study (params.yaml or a --configfile), its validation, its run grid and the code fingerprint of
 # each job kind.
 #
-# `snakemake --lint` reports two lints that are kept on purpose:
-# - "Specify a conda environment or container for each rule" (7 rules): the environment is the
+# `snakemake --lint` reports two lints, 16 in all, that are kept on purpose (tests/test_workflow.py
+# counts them, so a new lint fails the suite):
+# - "Specify a conda environment or container for each rule" (8 rules): the environment is the
 #   project's own (.venv from requirements.lock, `make`), and every job runs with the interpreter that
 #   runs Snakemake (SEGKD below); a conda or container directive would be a second, drifting copy.
-# - "Shell command directly uses variable SEGKD from outside of the rule" (7 rules): as a params entry
+# - "Shell command directly uses variable SEGKD from outside of the rule" (8 rules): as a params entry
 #   the interpreter's path would be a job parameter, and moving or re-creating the environment would
 #   re-run every job of a days-long study (Snakemake's params trigger).
 import json
@@ -105,6 +106,11 @@ def run_log(run_dir):
 def run_files(kind=None, name=layout.METRICS):
     """`name` in the run directory of every run of the study (of one job kind: teacher, baseline, student)."""
     return [str(run.dir / name) for run in RUNS if kind is None or run.kind in kind]
+
+
+def cohort_specs(teacher, seed, fold):
+    """The run specs of a cohort job (train.share_teacher): every method's student of a (teacher, seed, fold)."""
+    return [STUDY.run_spec("student", teacher=teacher, method=m, seed=int(seed), fold=int(fold)) for m in STUDY.methods]
 
 
 def tracking_uri():

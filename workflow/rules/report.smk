@@ -32,6 +32,7 @@ rule aggregate:
     output:
         runs="results/runs.csv",
         report="results/report.md",
+        report_html="results/report.html",  # the same page, figures inlined (renders in MLflow)
         summary="results/summary.json",
         summary_table="results/summary.csv",  # DVC's summary plot
         metrics="results/metrics.json",  # DVC's metrics file

@@ -11,10 +11,6 @@ TRAIN_INPUT = dict(
 SHARE_TEACHER = STUDY.params["train"]["share_teacher"]
 
 
-def cohort_specs(teacher, seed, fold):
-    return [STUDY.run_spec("student", teacher=teacher, method=m, seed=int(seed), fold=int(fold)) for m in STUDY.methods]
-
-
 TRAIN_CMD = (  # paths quoted: variant names hold '=' (freq-high=kd-ratio=0.1)
     "{SEGKD} train --spec {params.spec:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
 )

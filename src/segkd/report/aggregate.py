@@ -24,7 +24,7 @@ from segkd import layout
 from segkd.classes import CLASS_NAMES
 from segkd.config import BASELINE, STUDENT_ROLE, Study, spec_changes, spec_json
 from segkd.errors import UserError
-from segkd.report import lowpass, markdown, plots, power, stats, strength
+from segkd.report import html, lowpass, markdown, plots, power, stats, strength
 from segkd.runs import Run, expected_runs
 
 SHOWN_MISSING = 5  # missing (or stale) runs named in the error message; the rest are counted
@@ -221,7 +221,7 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
               allow_missing: bool = False, exclude_stale: bool = False,
               log_to_mlflow: bool = True, probes: Path = layout.PROBES) -> dict[str, Path]:
     """Write runs.csv, per_class_{teacher}.md/.csv, summary.md/.csv/.json, metrics.json, paired_tests.csv,
-    class_deltas.csv, power.csv, plots/*.png and report.md into `out`, strength.csv when a student
+    class_deltas.csv, power.csv, plots/*.png, report.md and report.html (the same, figures inlined) into `out`, strength.csv when a student
     recorded its terms' strength, and sensitivity.csv with
     plots/sensitivity.png when a method has a grid, and lowpass.csv with plots/lowpass.png from the
     probe tables under `probes` when the study enables the low-pass probe; returns {path relative to
@@ -256,7 +256,8 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
             _write_text(tmp / f"per_class_{teacher}.md", markdown.per_class(t, teacher))
         _write_csv(summary, tmp / "summary.csv", ".3f", {"mIoU_std": ".4f"})
         _write_text(tmp / "summary.md", markdown.summary(summary))
-        _write_text(tmp / "summary.json", json.dumps(_summary_json(summary, tests), indent=2, sort_keys=True) + "\n")
+        summary_json = _summary_json(summary, tests)
+        _write_text(tmp / "summary.json", json.dumps(summary_json, indent=2, sort_keys=True) + "\n")
         _write_text(tmp / DVC_METRICS, json.dumps(_dvc_metrics(summary, tests), indent=2) + "\n")
         p_values = {p: ".4g" for p in tests.columns if p.startswith("p_")}
         _write_csv(tests, tmp / "paired_tests.csv", ".3f", p_values)
@@ -282,6 +283,7 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
                                  stale=[(p.as_posix(), reason) for p, reason in stale],
                                  sens=sens, power=powers, strength=strengths, lowpass=(low_curves, keep))
         _write_text(tmp / "report.md", report)
+        _write_text(tmp / "report.html", html.standalone(report, tmp, f"Study {study.name}"))
         (out / PLOTS).mkdir(parents=True, exist_ok=True)
         written = {}
         for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
@@ -294,5 +296,5 @@ def aggregate(study: Study, runs: Path = layout.RUNS, out: Path = layout.RESULTS
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if log_to_mlflow:
-        _log_to_mlflow(study, out, list(written.values()), _summary_json(summary, tests))
+        _log_to_mlflow(study, out, list(written.values()), summary_json)
     return written
