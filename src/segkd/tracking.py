@@ -10,6 +10,10 @@ readable in a narrow column (the teacher is in the parent's name and in every ru
     └── kd · segformer_b2           tag segkd.node = "method:segformer_b2/kd"   (baseline: "method:none/baseline")
         └── kd · seed0 · fold0      a student job; its parent holds the method's summary metrics
 
+The experiment also carries two saved views of the run table (*segkd methods*: one row per method
+with its summary; *segkd runs*: the student runs by method, seed and fold), and `study_url` links to
+them on the UI's Model training side, which MLflow 3.17's sidebar switch would otherwise leave on GenAI.
+
 Scale: MLflow shows mIoU, mPA, aAcc and ``iou.<Class>`` in percent, as every report table does;
 metrics.json keeps them as fractions.
 
