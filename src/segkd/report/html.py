@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+from html import escape
 from pathlib import Path
 
 from markdown_it import MarkdownIt
@@ -36,5 +37,5 @@ def standalone(report: str, base: Path, title: str) -> str:
                 if "://" not in src and not src.startswith("data:"):
                     child.attrSet("src", _data_uri(base / src))
     body = md.renderer.render(tokens, md.options, {})
-    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title>"
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
             f"<style>{STYLE}</style></head>\n<body>\n{body}</body></html>\n")
