@@ -76,7 +76,7 @@ HF_CONFIGS = {
 
 # ---------------------------------------------------------------- segkd steps (as `segkd train` runs them)
 def segkd_step(student, teacher, terms, x, y, precision="fp32"):
-    distill = build_distillation(terms, student.feature_dims, teacher.feature_dims) if terms else None
+    distill = build_distillation(terms, student.feature_dims, teacher.feature_dims).to(x.device) if terms else None
     optimizer = create_optimizer(student, distill, TRAIN)
 
     def step():
@@ -106,7 +106,7 @@ def fft_low(x: torch.Tensor, ratio: float) -> torch.Tensor:
     """Box low-pass with torch.fft: keep |k| <= floor(ratio * n / 2) on each axis."""
     h, w = x.shape[-2:]
     def axis(n):
-        k = torch.arange(n)
+        k = torch.arange(n, device=x.device)
         return (torch.minimum(k, n - k) <= int(ratio * n / 2)).float()
     mask = axis(h)[:, None] * axis(w)[None, :]
     return torch.fft.ifft2(torch.fft.fft2(x) * mask).real

@@ -1,6 +1,8 @@
 """Study params: the shipped studies validate, defaults are filled, bad keys are named."""
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,44 @@ def test_compile_is_in_a_run_spec_only_when_on(repo):
     compiled = Study(params).run_spec("student", method="baseline", seed=0, fold=0)
     assert compiled["train"]["compile"] is True and validate_spec(compiled) == compiled
     assert {k: v for k, v in compiled["train"].items() if k != "compile"} == eager["train"]
+
+
+def test_checked_terms_are_not_built_again_until_they_or_the_code_change(tmp_path, monkeypatch):
+    """The workflow's memo (check_method_terms): a study checked once is re-planned without building
+    a loss; a changed option, new distillation code or another torch is checked again, and a bad
+    value is still named though the memo holds the good study."""
+    from segkd import config, fingerprint
+    from segkd.distill import registry
+
+    built = []
+    monkeypatch.setattr(registry, "check_terms", lambda terms, where: built.append(where) or
+                        registry.build_distillation(terms, *[{"logits": 1, "stages": [1] * 4, "decoder": 1}] * 2,
+                                                    where=where))
+    params = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
+    memo = tmp_path / "checked-terms"
+    validate(params, memo=memo)
+    first = sorted(built)
+    assert first and len(list(memo.iterdir())) == len(first)
+    validate(params, memo=memo)
+    assert sorted(built) == first  # nothing built again
+    changed = copy.deepcopy(params)
+    changed["methods"]["kd"]["kd"]["weight"] = 0.5
+    validate(changed, memo=memo)
+    assert built[len(first):] == ["methods.kd"]
+    changed["methods"]["kd"]["kd"]["temperature"] = "hot"
+    with pytest.raises(ConfigError, match=r"methods\.kd\.kd"):
+        validate(changed, memo=memo)
+    for module, name, value in ((fingerprint, "fingerprint", "new distillation code"), (config, "version", "9.9")):
+        monkeypatch.setattr(module, name, lambda *args, value=value, **kwargs: value)
+        del built[:]
+        validate(params, memo=memo)
+        assert sorted(built) == first
+
+
+def test_a_checked_study_is_re_planned_without_importing_torch(tmp_path):
+    code = ("import sys, yaml; from segkd.config import validate; "
+            f"validate(yaml.safe_load(open({str(REPO / 'studies' / 'smoke.yaml')!r})), memo={str(tmp_path)!r}); "
+            "print('torch' in sys.modules)")
+    first, second = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+                     .stdout.strip() for _ in range(2))
+    assert (first, second) == ("True", "False")

@@ -71,6 +71,9 @@ def test_same_seed_gives_identical_metrics_and_other_seed_differs(study, data, t
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert saved["role"] == "student" and saved["method"] == "baseline" and saved["iterations"] == 4
     assert (tmp_path / "a" / "checkpoint.pt").is_file() and not (tmp_path / "a" / "partial.pt").exists()
+    final = __import__("torch").load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    assert final["finished"] and not {"optimizer", "scheduler", "scaler", "sampler", "rng"} & set(final)
+    assert numbers(train(spec, tmp_path / "a")) == numbers(a)  # evaluated again from its weights alone
 
     # `segkd evaluate` on the final checkpoint reproduces the run's own evaluation, and takes another fold
     from segkd.engine.evaluate import evaluate_checkpoint
@@ -103,22 +106,6 @@ def _kill_at(proc, run, iteration):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "metrics.json").exists(), "the run finished before it could be killed"
-
-
-def test_resume_after_kill_matches_uninterrupted_run(study, data, tmp_path):
-    spec = make_spec(study, data, iterations=40, checkpoint_every=10, log_every=5)
-    reference = train(spec, tmp_path / "reference")
-
-    run = tmp_path / "killed"
-    cmd, proc = _start(spec, run, tmp_path)
-    _kill_at(proc, run, 15)  # after the first checkpoint (10), before the second
-
-    resumed = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from iteration 10" in resumed.stderr
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert numbers(metrics) == numbers(reference)
-    assert [h["loss"] for h in metrics["history"]] == [h["loss"] for h in reference["history"]]
 
 
 def test_non_finite_loss_stops_with_iteration_and_keeps_last_checkpoint(study, data, tmp_path):
@@ -211,11 +198,14 @@ def _mlflow_runs(uri):
 @pytest.mark.parametrize("kill_at, checkpoint_every", [(12, 5), (3, 1000)],
                          ids=["between-checkpoints", "before-first-checkpoint"])
 def test_killed_and_resumed_run_is_one_complete_mlflow_run(study, data, tmp_path, kill_at, checkpoint_every):
-    """A kill loses the metrics buffered in the process; the resumed job logs every step exactly once,
-    into the same MLflow run, which ends FINISHED (also when it was killed before its first checkpoint)."""
+    """A `kill -9` of the training process, then the same command again: the run resumes from its last
+    checkpoint (or starts afresh before the first) and ends with the metrics and loss history of an
+    uninterrupted run. The kill loses the metrics buffered in the process; the resumed job logs every
+    step exactly once, into the same MLflow run, which ends FINISHED."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = make_spec(study, data, iterations=20, checkpoint_every=checkpoint_every, log_every=1,
                      tracking_uri=uri, tracking={"enabled": True})
+    reference = train({**spec, "tracking": {**spec["tracking"], "enabled": False}}, tmp_path / "reference")
     run = tmp_path / "run"
     cmd, proc = _start(spec, run, tmp_path)
     _kill_at(proc, run, kill_at)
@@ -227,12 +217,16 @@ def test_killed_and_resumed_run_is_one_complete_mlflow_run(study, data, tmp_path
 
     resumed = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr
+    last_checkpoint = kill_at // checkpoint_every * checkpoint_every
+    assert (f"resuming from iteration {last_checkpoint}" in resumed.stderr) == (last_checkpoint > 0), resumed.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert numbers(metrics) == numbers(reference)
+    assert [h["loss"] for h in metrics["history"]] == [h["loss"] for h in reference["history"]]
     client, runs = _mlflow_runs(uri)
     assert len(runs) == 1, [r.info.run_name for r in runs]
     assert runs[0].info.status == "FINISHED"
     for key in ("loss", "lr", "task", "images_per_s"):
         assert [m.step for m in client.get_metric_history(runs[0].info.run_id, key)] == list(range(1, 21)), key
-    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["mlflow_run_id"] == runs[0].info.run_id
     assert [m.value for m in client.get_metric_history(runs[0].info.run_id, "loss")] == \
         [h["loss"] for h in metrics["history"]]

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,12 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<root>"
 
 
-def validate(raw: dict, *, check_methods: bool = True) -> dict:
+def validate(raw: dict, *, check_methods: bool = True, memo: Path | None = None) -> dict:
     """Validate a params mapping, fill defaults, and check what the schema cannot express.
 
-    `check_methods` also checks every method's loss options, which builds each loss (torch); a reader
-    of the study that runs nothing (`segkd status`) may skip it: the check changes no value.
+    `check_methods` also checks every method's loss options (check_method_terms, with `memo`); a
+    reader of the study that runs nothing (`segkd status`, `segkd aggregate`) may skip it: the check
+    changes no value.
     """
     if not isinstance(raw, dict):
         raise ConfigError("params: expected a mapping at the top level")
@@ -76,16 +78,41 @@ def validate(raw: dict, *, check_methods: bool = True) -> dict:
         raise ConfigError("invalid study parameters:\n  " + "\n  ".join(lines))
     if params["dataset"]["name"] == "camvid" and not params["dataset"].get("root"):
         raise ConfigError("dataset.root: required for the camvid dataset (folder in the SegNet layout)")
-    if not check_methods:
-        return params
-    from segkd.distill.registry import check_terms  # unknown losses and options fail here, before any job
+    if check_methods:
+        check_method_terms(params["methods"], memo)
+    return params
 
-    try:  # every variant of a grid, so a bad value anywhere in a list is named before any job runs
-        for variant in expand(params["methods"]).values():
+
+def check_method_terms(methods: dict, memo: Path | None = None) -> None:
+    """Every variant of every method (each value of a grid) built as its losses, so that an unknown
+    loss or option, or a bad value anywhere in a list, is named before any job runs.
+
+    Building the losses imports torch, seconds of every `snakemake -n`. With `memo` (a folder), a
+    variant once found good is not built again while its terms, the distillation code
+    (fingerprint.DISTILL_CODE) and torch's version are unchanged: the folder holds one empty file per
+    good combination, named by its SHA-256. A failing check writes nothing.
+    """
+    variants = list(expand(methods).values())
+    if memo is not None:
+        from segkd import fingerprint
+
+        code = {"distill": fingerprint.fingerprint(fingerprint.DISTILL_CODE), "torch": version("torch")}
+        keys = [hashlib.sha256(json.dumps({"terms": v.terms, **code}, sort_keys=True).encode()).hexdigest()
+                for v in variants]
+        variants = [v for v, key in zip(variants, keys) if not (Path(memo) / key).is_file()]
+    if not variants:
+        return
+    from segkd.distill.registry import check_terms
+
+    try:
+        for variant in variants:
             check_terms(variant.terms, where=f"methods.{variant.method}")
     except UserError as err:
         raise ConfigError(str(err)) from None
-    return params
+    if memo is not None:
+        Path(memo).mkdir(parents=True, exist_ok=True)
+        for key in keys:
+            (Path(memo) / key).touch()
 
 
 @functools.lru_cache(maxsize=None)  # read-only once built; a workflow checks one spec per run

@@ -59,7 +59,9 @@ if any(key in config for key in GPU_KEYS):
         raise WorkflowError(str(err)) from None
 
 # segkd's own check first: its errors name the key (train.lr: ...); then Snakemake's, on the same schema.
-STUDY = Study(validate_study(config))
+# The methods' loss options are checked once per change of them (config.check_method_terms's memo),
+# so that re-planning an unchanged study does not import torch.
+STUDY = Study(validate_study(config, memo=Path(".snakemake", "segkd", "checked-terms")))
 validate(config, "../schemas/params.schema.yaml")
 DATASET = STUDY.dataset["name"]
 PREPARED = str(layout.prepared_dir(DATASET))

@@ -1,9 +1,10 @@
 """Resumable checkpoints: written atomically, holding everything a bit-exact resume needs.
 
 A checkpoint is written to a temporary file in the run directory and renamed into place, so an
-interrupted write never replaces the last good checkpoint. It holds the model, distillation
-adapters, optimizer, scheduler, grad scaler, every RNG state (torch CPU/CUDA, numpy, random, the
-data generator), the sampler position, the iteration, the loss history and the run spec.
+interrupted write never replaces the last good checkpoint. A run's periodic checkpoint holds the
+model, distillation adapters, optimizer, scheduler, grad scaler, every RNG state (torch CPU/CUDA,
+numpy, random, the data generator), the sampler position, the iteration, the loss history and the
+run spec; its final one, the weights, spec and history only (engine/train.py: `save`).
 """
 
 from __future__ import annotations

@@ -143,11 +143,19 @@ class TrainingState:
             state["shape_rng"] = self.shape_rng.get_state()
         return state
 
-    def load_state_dict(self, state: dict, stream: bool = True) -> None:
-        """`stream=False` leaves the batch stream alone: a cohort loads it once, from its run furthest behind."""
+    def weights(self) -> dict:
+        """What a finished run keeps: the student's weights and its terms' adapters."""
+        return {"model": self.model.state_dict(),
+                "distill": self.distill.state_dict() if self.distill is not None else None}
+
+    def load_weights(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         if self.distill is not None:
             self.distill.load_state_dict(state["distill"])
+
+    def load_state_dict(self, state: dict, stream: bool = True) -> None:
+        """`stream=False` leaves the batch stream alone: a cohort loads it once, from its run furthest behind."""
+        self.load_weights(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -566,11 +574,14 @@ def start_cohort(specs: list[dict], outs: list[Path], device: torch.device, repl
                 m.saved = resume(m, data.identity, replace_stale)
                 if m.saved is None:
                     m.state.scheduler.step_update(0)
+                elif m.saved["finished"]:  # evaluated again, not trained: its weights are all it needs
+                    m.state.load_weights(m.saved)
                 else:
                     m.state.load_state_dict(m.saved, stream=False)
+                if m.saved is not None:
                     m.start, m.history, m.elapsed = m.saved["iteration"], m.saved["history"], m.saved["wall_time_s"]
         lead = min(members, key=lambda m: m.start)
-        if lead.saved is not None:
+        if lead.saved is not None and not lead.saved["finished"]:
             lead.state.load_stream(lead.saved)
         for m in members:
             m.tracker, m.run_id = open_tracker(m.spec, m.out, finished=bool(m.saved and m.saved["finished"]))
@@ -596,9 +607,13 @@ def log_point(m: Member, done: int, seconds: float, images: int) -> None:
 
 
 def save(m: Member, data: FoldData, iteration: int, finished: bool) -> None:
+    """A periodic checkpoint (partial.pt) holds all a bit-exact resume needs. The final one
+    (checkpoint.pt) holds the weights alone beside the spec and history: nothing trains on from a
+    finished run (a changed spec trains afresh), and the optimiser's moments would make every
+    final checkpoint three times its weights, in the run directories and in DVC's cache."""
     ckpt_io.save_atomic({
         "spec": m.spec, "iteration": iteration, "finished": finished, "num_classes": NUM_CLASSES,
-        "data": data.identity, "code": m.code, **m.state.state_dict(),
+        "data": data.identity, "code": m.code, **(m.state.weights() if finished else m.state.state_dict()),
         "history": m.history, "wall_time_s": m.elapsed, "mlflow_run_id": m.run_id,
     }, m.out / (layout.CHECKPOINT if finished else layout.PARTIAL))
 

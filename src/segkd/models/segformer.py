@@ -277,7 +277,7 @@ class SegFormer(nn.Module):
         the logits are wanted, and linear_pred only for the logits; the fields not computed are None.
         A frozen teacher is asked for just what its distillation terms read."""
         stages = self.forward_stages(x)
-        if taps is not None and not {"decoder", "logits"} & set(taps):
+        if taps is not None and "decoder" not in taps and "logits" not in taps:
             return SegOutput(logits=None, stages=stages, decoder=None)
         decoder, logits = self.decode_head(stages, logits=taps is None or "logits" in taps)
         return SegOutput(logits=logits, stages=stages, decoder=decoder)
