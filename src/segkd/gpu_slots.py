@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from segkd import layout
 from segkd.errors import UserError
 
 GPUS_ENV, PER_GPU_ENV, DIR_ENV = "SEGKD_GPUS", "SEGKD_JOBS_PER_GPU", "SEGKD_GPU_SLOTS"
@@ -118,7 +119,7 @@ def pin_this_process(name: str = "job", env=os.environ) -> Slot | None:
         return None
     devices = parse_devices(env[GPUS_ENV])
     per_gpu = int(env.get(PER_GPU_ENV, "1"))
-    slot = claim(devices, per_gpu, Path(env.get(DIR_ENV, ".snakemake/gpu-slots")), name=name)
+    slot = claim(devices, per_gpu, Path(env.get(DIR_ENV, layout.GPU_SLOTS)), name=name)
     env["CUDA_VISIBLE_DEVICES"] = slot.device
     print(f"[{name}] on GPU {slot.device} (slot {slot.index + 1} of {per_gpu} there)", file=sys.stderr, flush=True)
     return slot

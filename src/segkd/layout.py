@@ -10,6 +10,10 @@ DATA = Path("data")
 RUNS = Path("runs")
 RESULTS = Path("results")
 LOGS = Path("logs")
+# Beside Snakemake's own records: segkd's memos of the workflow's checks (preflight, the loss options),
+# which only save time, and the GPU slots' lock files.
+WORKFLOW_MEMO = Path(".snakemake", "segkd")
+GPU_SLOTS = Path(".snakemake", "gpu-slots")
 PROBES = RESULTS / "probe"  # the low-pass probe tables of the runs (`segkd probe`), read by the report
 
 # The files of one run directory. partial.pt holds the periodic checkpoints of a run in progress;

@@ -23,6 +23,7 @@ import json
 import warnings
 from pathlib import Path
 
+from segkd import layout
 from segkd.config import Study
 from segkd.errors import UserError
 from segkd.jsonfiles import write_json
@@ -31,7 +32,7 @@ CACHE_FILE = "preflight.json"
 CACHE_VERSION = 1
 
 
-def check_study(study: Study, cache_dir: Path = Path(".snakemake/segkd"), *, prepared: bool = False) -> list[str]:
+def check_study(study: Study, cache_dir: Path = layout.WORKFLOW_MEMO, *, prepared: bool = False) -> list[str]:
     """Every problem with the files the study names, one line each (empty: nothing to fix).
 
     `prepared`: the study's prepared data already exists (e.g. pulled with DVC), so the raw dataset is

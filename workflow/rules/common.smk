@@ -53,7 +53,7 @@ if any(key in config for key in GPU_KEYS):
         raise WorkflowError("jobs_per_gpu is set but gpus is not: name the GPUs (--config gpus=2)")
     try:
         os.environ.update(gpu_slots.environment(config.pop("gpus"), config.pop("jobs_per_gpu", 1),
-                                                Path(".snakemake", "gpu-slots").resolve(),
+                                                layout.GPU_SLOTS.resolve(),
                                                 visible=os.environ.get("CUDA_VISIBLE_DEVICES")))
     except UserError as err:
         raise WorkflowError(str(err)) from None
@@ -61,7 +61,7 @@ if any(key in config for key in GPU_KEYS):
 # segkd's own check first: its errors name the key (train.lr: ...); then Snakemake's, on the same schema.
 # The methods' loss options are checked once per change of them (config.check_method_terms's memo),
 # so that re-planning an unchanged study does not import torch.
-STUDY = Study(validate_study(config, memo=Path(".snakemake", "segkd", "checked-terms")))
+STUDY = Study(validate_study(config, memo=layout.WORKFLOW_MEMO / "checked-terms"))
 validate(config, "../schemas/params.schema.yaml")
 DATASET = STUDY.dataset["name"]
 PREPARED = str(layout.prepared_dir(DATASET))
