@@ -53,23 +53,6 @@ def sequence_name(index: int) -> str:
     return f"synth{index:02d}"
 
 
-@dataclass(frozen=True)
-class SyntheticFrame:
-    image: np.ndarray  # uint8 (H, W, 3)
-    label: np.ndarray  # uint8 (H, W): 0..10 or IGNORE_INDEX
-    sequence: str
-    frame: int
-
-
-def generate(sequences: int, frames: int, seed: int, height: int, width: int) -> Iterator[SyntheticFrame]:
-    """All frames, sequence by sequence, in frame order."""
-    for s in range(sequences):
-        street = Street(seed, s)
-        for t in range(frames):
-            image, label = street.render(t, height, width)
-            yield SyntheticFrame(image, label, sequence_name(s), t)
-
-
 # ============================================================================================ the data
 FACADE_COLOURS = [(150, 70, 55), (170, 95, 70), (190, 170, 140), (205, 195, 175), (120, 115, 110),
                   (160, 160, 155), (95, 90, 88), (215, 210, 200), (140, 110, 80), (175, 140, 110),
