@@ -175,8 +175,8 @@ def cmd_evaluate(args) -> None:
 def cmd_aggregate(args) -> None:
     from segkd.report.aggregate import aggregate
 
-    # reads the run grid and the runs' results; the workflow checks the losses' options
-    aggregate(_study(args, check_methods=False), runs=Path(args.runs), out=Path(args.out), allow_missing=args.allow_missing,
+    study = _study(args, check_methods=False)  # reads the run grid and results; the workflow checks the losses' options
+    aggregate(study, runs=Path(args.runs), out=Path(args.out), allow_missing=args.allow_missing,
               exclude_stale=args.exclude_stale, probes=Path(args.probes))
 
 

@@ -574,12 +574,12 @@ def start_cohort(specs: list[dict], outs: list[Path], device: torch.device, repl
                 m.saved = resume(m, data.identity, replace_stale)
                 if m.saved is None:
                     m.state.scheduler.step_update(0)
-                elif m.saved["finished"]:  # evaluated again, not trained: its weights are all it needs
+                    continue
+                if m.saved["finished"]:  # evaluated again, not trained: its weights are all it needs
                     m.state.load_weights(m.saved)
                 else:
                     m.state.load_state_dict(m.saved, stream=False)
-                if m.saved is not None:
-                    m.start, m.history, m.elapsed = m.saved["iteration"], m.saved["history"], m.saved["wall_time_s"]
+                m.start, m.history, m.elapsed = m.saved["iteration"], m.saved["history"], m.saved["wall_time_s"]
         lead = min(members, key=lambda m: m.start)
         if lead.saved is not None and not lead.saved["finished"]:
             lead.state.load_stream(lead.saved)
